@@ -1,0 +1,34 @@
+"""metastop: decide when a training run should stop.
+
+Importing this package is cheap and does no I/O: heavy modules (LightGBM, matplotlib,
+torch, training frameworks) load only when the names that need them are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Curve": "curves", "CurveSet": "curves",
+    "MetastopError": "errors", "CurveError": "errors", "ReadError": "errors",
+    "ParameterError": "errors", "ModelError": "errors", "NotFittedError": "errors",
+    "read_curves": "ingest",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metastop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

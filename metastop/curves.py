@@ -1,0 +1,512 @@
+"""The curve table: ``Curve``, ``CurveSet`` and the one schema used everywhere.
+
+One row per evaluation point. Required columns: ``curve_id``, ``tokens`` (cumulative cost,
+finite, >= 0, strictly increasing within a curve) and ``value`` (finite). Optional:
+``run_id``, ``task``, ``metric``, ``direction`` (``maximize`` or ``minimize``), ``budget``
+(the planned total cost; default: the curve's last ``tokens``), ``step``; any other column is
+kept as per-curve metadata.
+
+Direction is handled here and nowhere else: ``Curve.scores`` is the curve oriented so that
+higher is better, and ``Curve.to_metric`` maps scores back to the metric's own units.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import CurveError, ParameterError
+
+MAXIMIZE = "maximize"
+MINIMIZE = "minimize"
+DIRECTIONS = (MAXIMIZE, MINIMIZE)
+REQUIRED_COLUMNS = ("curve_id", "tokens", "value")
+CURVE_COLUMNS = ("run_id", "task", "metric", "direction", "budget")
+POINT_COLUMNS = ("step",)
+ON_ERROR = ("fail", "skip")
+
+# Metrics whose values are a share of examples: their scale (0-1 or 0-100) must agree.
+_BOUNDED_METRIC_HINTS = ("acc", "exact", "match", "em", "f1", "precision", "recall")
+
+
+def _as_array(values: Any, name: str, curve_id: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise CurveError(f"{name} must be numbers ({error})", curve=curve_id) from None
+    if array.ndim != 1:
+        raise CurveError(f"{name} must be one-dimensional, got shape {array.shape}", curve=curve_id)
+    return array
+
+
+def check_points(tokens: np.ndarray, values: np.ndarray, curve_id: str) -> None:
+    """Raise ``CurveError`` naming the first point of a curve that breaks the schema."""
+    if len(tokens) != len(values):
+        raise CurveError(f"tokens and values differ in length ({len(tokens)} != {len(values)})",
+                         curve=curve_id)
+    if len(tokens) == 0:
+        raise CurveError("a curve needs at least one point, got none", curve=curve_id)
+    rule, row = first_broken_rule(tokens, values)
+    if rule is not None:
+        raise CurveError(rule, curve=curve_id, row=row)
+
+
+def first_broken_rule(tokens: np.ndarray, values: np.ndarray) -> tuple[str | None, int | None]:
+    """Return ``(rule, point index)`` of the first broken point rule, or ``(None, None)``."""
+    checks = (
+        (~np.isfinite(tokens), "tokens must be finite"),
+        (tokens < 0, "tokens must be >= 0"),
+        (~np.isfinite(values), "value must be finite (got NaN or inf)"),
+    )
+    for bad, rule in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            return f"{rule}, got {tokens[i] if 'tokens' in rule else values[i]!r}", i
+    steps = np.diff(tokens)
+    if (steps <= 0).any():
+        i = int(np.argmax(steps <= 0)) + 1
+        kind = "duplicate point" if steps[i - 1] == 0 else "tokens go backwards"
+        return (f"tokens must strictly increase within a curve ({kind}: "
+                f"{tokens[i - 1]!r} then {tokens[i]!r})"), i
+    return None, None
+
+
+@dataclass(frozen=True, eq=False)
+class Curve:
+    """One learning curve: an eval metric against cumulative training tokens.
+
+    Example:
+        >>> c = Curve("run1/em", tokens=[1e6, 2e6, 4e6], values=[0.1, 0.3, 0.35], budget=8e6)
+        >>> c.best, c.fraction_seen
+        (0.35, 0.5)
+    """
+
+    curve_id: str
+    tokens: np.ndarray
+    values: np.ndarray
+    direction: str = MAXIMIZE
+    budget: float | None = None
+    run_id: str | None = None
+    task: str | None = None
+    metric: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        curve_id = str(self.curve_id)
+        tokens = _as_array(self.tokens, "tokens", curve_id)
+        values = _as_array(self.values, "values", curve_id)
+        check_points(tokens, values, curve_id)
+        if self.direction not in DIRECTIONS:
+            raise CurveError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}",
+                             curve=curve_id)
+        budget = float(tokens[-1]) if self.budget is None else float(self.budget)
+        if not np.isfinite(budget) or budget < tokens[-1]:
+            raise CurveError(f"budget must be finite and >= the last tokens ({tokens[-1]!r}), "
+                             f"got {budget!r}", curve=curve_id)
+        tokens.setflags(write=False)
+        values.setflags(write=False)
+        for name, value in (("curve_id", curve_id), ("tokens", tokens), ("values", values),
+                            ("budget", budget), ("meta", dict(self.meta))):
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def _trusted(cls, curve_id: str, tokens: np.ndarray, values: np.ndarray, direction: str,
+                 budget: float, run_id: str | None, task: str | None, metric: str | None,
+                 meta: dict) -> Curve:
+        """Build a curve from data already validated in bulk (``CurveSet.from_frame``)."""
+        curve = object.__new__(cls)
+        tokens.setflags(write=False)
+        values.setflags(write=False)
+        curve.__dict__.update(curve_id=curve_id, tokens=tokens, values=values,
+                              direction=direction, budget=budget, run_id=run_id, task=task,
+                              metric=metric, meta=meta)
+        return curve
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __repr__(self) -> str:
+        return (f"Curve({self.curve_id!r}, n={len(self)}, direction={self.direction!r}, "
+                f"seen={self.fraction_seen:.2f} of budget {self.budget:g})")
+
+    # Direction: the one place where signs flip.
+    @property
+    def sign(self) -> float:
+        """+1 for maximize metrics, -1 for minimize metrics."""
+        return 1.0 if self.direction == MAXIMIZE else -1.0
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The values oriented so that higher is always better."""
+        return self.values * self.sign
+
+    def to_metric(self, scores: Any) -> Any:
+        """Map scores (higher is better) back to the metric's own units."""
+        return np.asarray(scores, dtype=np.float64) * self.sign if np.ndim(scores) else float(scores) * self.sign
+
+    @property
+    def best(self) -> float:
+        """The best value seen so far, in metric units."""
+        return float(self.to_metric(self.scores.max()))
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def last_tokens(self) -> float:
+        return float(self.tokens[-1])
+
+    @property
+    def fraction_seen(self) -> float:
+        """Share of the budget spent at the last observation."""
+        return self.last_tokens / self.budget if self.budget > 0 else 1.0
+
+    def prefix(self, n: int) -> Curve:
+        """The first ``n`` points of the curve, with the same budget and metadata."""
+        if not 1 <= n <= len(self):
+            raise ParameterError(f"n must be in [1, {len(self)}], got n={n}")
+        return Curve._trusted(self.curve_id, self.tokens[:n], self.values[:n], self.direction,
+                              self.budget, self.run_id, self.task, self.metric, self.meta)
+
+    def upto(self, tokens: float) -> Curve:
+        """The points observed at or before ``tokens`` (at least the first point)."""
+        n = max(1, int(np.searchsorted(self.tokens, tokens, side="right")))
+        return self.prefix(n)
+
+    def with_point(self, tokens: float, value: float) -> Curve:
+        """A new curve with one more observation appended (validated)."""
+        return Curve(self.curve_id, np.append(self.tokens, tokens), np.append(self.values, value),
+                     direction=self.direction, budget=max(self.budget, float(tokens)),
+                     run_id=self.run_id, task=self.task, metric=self.metric, meta=self.meta)
+
+    def to_frame(self) -> pd.DataFrame:
+        return CurveSet([self]).to_frame()
+
+
+class CurveSet(Sequence[Curve]):
+    """An ordered collection of curves with unique ids; reads and writes the curve table.
+
+    Example:
+        >>> cs = CurveSet.read("data/sample_curves.parquet")  # doctest: +SKIP
+        >>> len(cs), cs[0].curve_id  # doctest: +SKIP
+    """
+
+    def __init__(self, curves: Iterable[Curve] = (), *, dropped: Sequence[str] = ()):
+        self._curves = list(curves)
+        self._index: dict[str, int] | None = None
+        self.dropped = list(dropped)
+        ids = [c.curve_id for c in self._curves]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            duplicate = next(i for i in ids if i in seen or seen.add(i))
+            raise CurveError("curve_id must be unique within a curve set", curve=duplicate)
+
+    def __len__(self) -> int:
+        return len(self._curves)
+
+    def __iter__(self) -> Iterator[Curve]:
+        return iter(self._curves)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            if self._index is None:
+                self._index = {c.curve_id: i for i, c in enumerate(self._curves)}
+            if key not in self._index:
+                raise KeyError(f"no curve {key!r} in this set of {len(self)} curves")
+            return self._curves[self._index[key]]
+        if isinstance(key, slice):
+            return CurveSet(self._curves[key])
+        return self._curves[key]
+
+    def __repr__(self) -> str:
+        return f"CurveSet({len(self)} curves, {self.n_points} points)"
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.curve_id for c in self._curves]
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(c) for c in self._curves)
+
+    def filter(self, keep: Callable[[Curve], bool]) -> CurveSet:
+        return CurveSet(c for c in self._curves if keep(c))
+
+    def group_key(self, curve: Curve) -> str:
+        """The CV group of a curve: its run, else its task, else itself."""
+        return curve.run_id or curve.task or curve.curve_id
+
+    def groups(self, by: str = "run_id") -> dict[str, CurveSet]:
+        """Split into curve sets by ``run_id`` (default), ``task`` or ``metric``."""
+        if by not in CURVE_COLUMNS:
+            raise ParameterError(f"by must be one of {CURVE_COLUMNS}, got by={by!r}")
+        out: dict[str, list[Curve]] = {}
+        for c in self._curves:
+            key = getattr(c, by) or (self.group_key(c) if by == "run_id" else "")
+            out.setdefault(str(key), []).append(c)
+        return {k: CurveSet(v) for k, v in out.items()}
+
+    @staticmethod
+    def concat(sets: Iterable[CurveSet]) -> CurveSet:
+        return CurveSet(c for s in sets for c in s)
+
+    # --- the table ---------------------------------------------------------------------
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, *, source: str | None = None,
+                   on_error: str = "fail", tokens_column: str = "tokens",
+                   budget_column: str = "budget") -> CurveSet:
+        """Validate a long table (one row per point) and build the curves.
+
+        Args:
+            frame: the table, rows of one curve in observation order.
+            source: file name used in error messages.
+            on_error: ``fail`` raises on the first bad curve; ``skip`` drops bad curves and
+                lists why in ``CurveSet.dropped``.
+            tokens_column: the cost column (e.g. ``step`` for logs without token counts).
+            budget_column: the planned-total column (e.g. ``total_steps``).
+        """
+        return _TableBuilder(frame, source, on_error, tokens_column, budget_column).build()
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long table: one row per point, curve attributes repeated, metadata as columns."""
+        lengths = np.fromiter((len(c) for c in self._curves), dtype=np.int64, count=len(self))
+        def repeat(values: list) -> np.ndarray:
+            return np.repeat(np.asarray(values, dtype=object), lengths)
+        columns: dict[str, Any] = {
+            "curve_id": repeat(self.ids),
+            "tokens": np.concatenate([c.tokens for c in self._curves]) if len(self) else [],
+            "value": np.concatenate([c.values for c in self._curves]) if len(self) else [],
+        }
+        for name in ("run_id", "task", "metric", "direction"):
+            columns[name] = repeat([getattr(c, name) for c in self._curves])
+        columns["budget"] = np.repeat([c.budget for c in self._curves], lengths).astype(float)
+        meta_keys = sorted({k for c in self._curves for k in c.meta})
+        for key in meta_keys:
+            columns[key] = repeat([c.meta.get(key) for c in self._curves])
+        frame = pd.DataFrame(columns)
+        for name in ["curve_id", "run_id", "task", "metric", "direction", *meta_keys]:
+            frame[name] = _tidy_object_column(frame[name])
+        return frame
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, *, on_error: str = "fail", **options: Any) -> CurveSet:
+        """Read curves from any supported file, detecting its format (see ``metastop.ingest``)."""
+        from .ingest import read_curves
+
+        return read_curves(path, on_error=on_error, **options)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the long table to Parquet, CSV or JSONL (by suffix), atomically."""
+        path = Path(path)
+        frame = self.to_frame()
+        writers = {".parquet": lambda f, p: f.to_parquet(p, index=False),
+                   ".csv": lambda f, p: f.to_csv(p, index=False),
+                   ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True)}
+        if path.suffix not in writers:
+            raise ParameterError(f"path must end in one of {sorted(writers)}, got {str(path)!r}")
+        with atomic_path(path) as tmp:
+            writers[path.suffix](frame, tmp)
+        return path
+
+
+def _tidy_object_column(column: pd.Series) -> pd.Series:
+    """Keep metadata columns typed: numbers as numbers, text as text."""
+    converted = pd.to_numeric(column, errors="coerce")
+    if converted.notna().sum() == column.notna().sum() and column.notna().any():
+        return converted
+    return column.astype("string") if column.map(lambda v: v is None or isinstance(v, str)).all() else column
+
+
+class atomic_path:
+    """Context manager yielding a temporary path that is renamed onto ``path`` on success.
+
+    Nothing is left at ``path`` (or half-written) if the body raises.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class _TableBuilder:
+    """Vectorised validation of a long table and construction of its curves."""
+
+    def __init__(self, frame: pd.DataFrame, source: str | None, on_error: str,
+                 tokens_column: str, budget_column: str):
+        if on_error not in ON_ERROR:
+            raise ParameterError(f"on_error must be one of {ON_ERROR}, got on_error={on_error!r}")
+        self.source, self.on_error = source, on_error
+        self.frame = frame.reset_index(drop=True)
+        self.tokens_column, self.budget_column = tokens_column, budget_column
+        self.problems: dict[int, tuple[int, str]] = {}  # curve code -> (row, rule)
+
+    def fail(self, rule: str, *, curve: str | None = None, row: int | None = None) -> CurveError:
+        return CurveError(rule, source=self.source, curve=curve, row=row)
+
+    def build(self) -> CurveSet:
+        frame = self.frame
+        required = ("curve_id", self.tokens_column, "value")
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise self.fail(f"missing required column(s) {missing}; columns present: "
+                            f"{list(map(str, frame.columns))}")
+        if len(frame) == 0:
+            raise self.fail("the table has no rows (an empty curve table)")
+        ids = frame["curve_id"]
+        if ids.isna().any():
+            row = int(np.argmax(ids.isna().to_numpy()))
+            raise self.fail("curve_id must not be empty", row=row)
+        self.codes, self.names = pd.factorize(ids.astype(str), sort=False)
+        self.order = np.argsort(self.codes, kind="stable")
+        self.sorted_codes = self.codes[self.order]
+        self.tokens = self._numeric(self.tokens_column)[self.order]
+        self.values = self._numeric("value")[self.order]
+        self.starts = np.flatnonzero(np.r_[True, np.diff(self.sorted_codes) != 0])
+        self._check_points()
+        attrs = self._curve_attributes()
+        return self._assemble(attrs)
+
+    def _numeric(self, column: str) -> np.ndarray:
+        raw = self.frame[column]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        bad = numbers.isna() & raw.notna()
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            self._record(self.codes[row], row, f"{column} must be a number, got {raw.iloc[row]!r}")
+        return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def _record(self, code: int, row: int, rule: str) -> None:
+        if self.on_error == "fail":
+            raise self.fail(rule, curve=str(self.names[code]), row=int(row))
+        if code not in self.problems or row < self.problems[code][0]:
+            self.problems[code] = (int(row), rule)
+
+    def _flag(self, bad_sorted: np.ndarray, rule: Callable[[int], str]) -> None:
+        """Record a rule broken at the sorted positions where ``bad_sorted`` is true."""
+        if not bad_sorted.any():
+            return
+        positions = np.flatnonzero(bad_sorted)
+        rows = self.order[positions]
+        first = positions[np.argsort(rows, kind="stable")]
+        if self.on_error == "fail":
+            first = first[:1]
+        for pos in first:
+            self._record(int(self.sorted_codes[pos]), int(self.order[pos]), rule(int(pos)))
+
+    def _check_points(self) -> None:
+        t, v = self.tokens, self.values
+        col = self.tokens_column
+        self._flag(~np.isfinite(t), lambda p: f"{col} must be finite, got {t[p]!r}")
+        self._flag(t < 0, lambda p: f"{col} must be >= 0, got {t[p]!r}")
+        self._flag(~np.isfinite(v), lambda p: f"value must be finite (got {v[p]!r})")
+        same_curve = np.r_[False, self.sorted_codes[1:] == self.sorted_codes[:-1]]
+        with np.errstate(invalid="ignore"):
+            step = np.r_[np.inf, np.diff(t)]
+        self._flag(same_curve & (step == 0),
+                   lambda p: f"duplicate point: {col} {t[p]!r} appears twice in the curve")
+        self._flag(same_curve & (step < 0),
+                   lambda p: f"{col} must strictly increase within a curve, got {t[p - 1]!r} then {t[p]!r}")
+
+    def _first_rows(self, column: str) -> np.ndarray:
+        return self.frame[column].to_numpy()[self.order[self.starts]]
+
+    def _curve_attributes(self) -> dict[str, np.ndarray]:
+        n = len(self.starts)
+        attrs: dict[str, np.ndarray] = {}
+        for name in ("run_id", "task", "metric"):
+            attrs[name] = (self._first_rows(name) if name in self.frame.columns
+                           else np.full(n, None, dtype=object))
+        if "direction" in self.frame.columns:
+            direction = pd.Series(self._first_rows("direction")).fillna(MAXIMIZE).astype(str).str.lower()
+            for code in np.flatnonzero(~direction.isin(DIRECTIONS).to_numpy()):
+                self._record(code, int(self.order[self.starts[code]]),
+                             f"direction must be one of {DIRECTIONS}, got {direction[code]!r}")
+            attrs["direction"] = direction.to_numpy(dtype=object)
+        else:
+            attrs["direction"] = np.full(n, MAXIMIZE, dtype=object)
+        ends = np.r_[self.starts[1:], len(self.tokens)] - 1
+        last = self.tokens[ends]
+        if self.budget_column in self.frame.columns:
+            budget = pd.to_numeric(pd.Series(self._first_rows(self.budget_column)),
+                                   errors="coerce").to_numpy(dtype=np.float64)
+            budget = np.where(np.isnan(budget), last, budget)
+            for code in np.flatnonzero(~(budget >= last) | ~np.isfinite(budget)):
+                self._record(code, int(self.order[ends[code]]),
+                             f"{self.budget_column} must be finite and >= the last "
+                             f"{self.tokens_column} ({last[code]!r}), got {budget[code]!r}")
+        else:
+            budget = last
+        attrs["budget"] = budget
+        self._check_scales(attrs)
+        return attrs
+
+    def _check_scales(self, attrs: dict[str, np.ndarray]) -> None:
+        """A bounded metric (accuracy, EM, F1) must use one scale, 0-1 or 0-100, across curves."""
+        metrics = pd.Series(attrs["metric"]).astype("string").str.lower()
+        bounded = metrics.fillna("").map(
+            lambda m: any(h == m or h in m.replace("-", "_").split("_") or m.startswith(h)
+                          for h in _BOUNDED_METRIC_HINTS)).to_numpy(dtype=bool)
+        if not bounded.any():
+            return
+        peak = np.maximum.reduceat(np.abs(np.nan_to_num(self.values)), self.starts)
+        for metric in metrics[bounded].unique():
+            codes = np.flatnonzero((metrics == metric).to_numpy(dtype=bool) & bounded)
+            percent = peak[codes] > 1.0 + 1e-9
+            if percent.any() and not percent.all():
+                odd_code = codes[percent][0] if percent.sum() < (~percent).sum() else codes[~percent][0]
+                self._record(int(odd_code), int(self.order[self.starts[odd_code]]),
+                             f"metric {metric!r} mixes scales: some curves reach values above 1 "
+                             f"(0-100) and others stay within 0-1; convert to one scale")
+
+    def _assemble(self, attrs: dict[str, np.ndarray]) -> CurveSet:
+        known = {"curve_id", "tokens", "value", "step", self.tokens_column, *CURVE_COLUMNS,
+                 self.budget_column}
+        extra = [c for c in self.frame.columns if c not in known]
+        meta_rows = (self.frame[extra].iloc[self.order[self.starts]].to_dict("records")
+                     if extra else [{} for _ in self.starts])
+        ends = np.r_[self.starts[1:], len(self.tokens)]
+        curves, dropped = [], []
+        for code, (start, end) in enumerate(zip(self.starts, ends)):
+            name = str(self.names[code])
+            if code in self.problems:
+                row, rule = self.problems[code]
+                dropped.append(str(self.fail(rule, curve=name, row=row)))
+                continue
+            meta = {k: v for k, v in meta_rows[code].items() if not _is_missing(v)}
+            curves.append(Curve._trusted(
+                name, self.tokens[start:end].copy(), self.values[start:end].copy(),
+                str(attrs["direction"][code]), float(attrs["budget"][code]),
+                _text(attrs["run_id"][code]), _text(attrs["task"][code]),
+                _text(attrs["metric"][code]), meta))
+        if not curves:
+            raise self.fail(f"no valid curve left after skipping {len(dropped)} bad ones; "
+                            f"first problem: {dropped[0] if dropped else 'none'}")
+        return CurveSet(curves, dropped=dropped)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def _text(value: Any) -> str | None:
+    return None if _is_missing(value) else str(value)
