@@ -67,13 +67,13 @@ def first_broken_rule(tokens: np.ndarray, values: np.ndarray) -> tuple[str | Non
     for bad, rule in checks:
         if bad.any():
             i = int(np.argmax(bad))
-            return f"{rule}, got {tokens[i] if 'tokens' in rule else values[i]!r}", i
+            return f"{rule}, got {float(tokens[i] if 'tokens' in rule else values[i])!r}", i
     steps = np.diff(tokens)
     if (steps <= 0).any():
         i = int(np.argmax(steps <= 0)) + 1
         kind = "duplicate point" if steps[i - 1] == 0 else "tokens go backwards"
         return (f"tokens must strictly increase within a curve ({kind}: "
-                f"{tokens[i - 1]!r} then {tokens[i]!r})"), i
+                f"{float(tokens[i - 1])!r} then {float(tokens[i])!r})"), i
     return None, None
 
 
@@ -107,7 +107,7 @@ class Curve:
                              curve=curve_id)
         budget = float(tokens[-1]) if self.budget is None else float(self.budget)
         if not np.isfinite(budget) or budget < tokens[-1]:
-            raise CurveError(f"budget must be finite and >= the last tokens ({tokens[-1]!r}), "
+            raise CurveError(f"budget must be finite and >= the last tokens ({float(tokens[-1])!r}), "
                              f"got {budget!r}", curve=curve_id)
         tokens.setflags(write=False)
         values.setflags(write=False)
@@ -261,7 +261,7 @@ class CurveSet(Sequence[Curve]):
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, *, source: str | None = None,
                    on_error: str = "fail", tokens_column: str = "tokens",
-                   budget_column: str = "budget") -> CurveSet:
+                   budget_column: str = "budget", rows: Sequence[int] | None = None) -> CurveSet:
         """Validate a long table (one row per point) and build the curves.
 
         Args:
@@ -271,8 +271,11 @@ class CurveSet(Sequence[Curve]):
                 lists why in ``CurveSet.dropped``.
             tokens_column: the cost column (e.g. ``step`` for logs without token counts).
             budget_column: the planned-total column (e.g. ``total_steps``).
+            rows: the row number to report in errors for each row of ``frame`` (readers
+                that reshape a file pass the file's own row numbers); default: positions.
         """
-        return _TableBuilder(frame, source, on_error, tokens_column, budget_column).build()
+        return _TableBuilder(frame, source, on_error, tokens_column, budget_column,
+                             rows).build()
 
     def to_frame(self) -> pd.DataFrame:
         """The long table: one row per point, curve attributes repeated, metadata as columns."""
@@ -343,24 +346,37 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            os.chmod(self.tmp, _target_mode(self.path))  # mkstemp creates files as 0600
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def _target_mode(path: Path) -> int:
+    """The mode the file keeps if it exists, else what ``open()`` would give it (0666 & ~umask)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 class _TableBuilder:
     """Vectorised validation of a long table and construction of its curves."""
 
     def __init__(self, frame: pd.DataFrame, source: str | None, on_error: str,
-                 tokens_column: str, budget_column: str):
+                 tokens_column: str, budget_column: str, rows: Sequence[int] | None = None):
         if on_error not in ON_ERROR:
             raise ParameterError(f"on_error must be one of {ON_ERROR}, got on_error={on_error!r}")
         self.source, self.on_error = source, on_error
         self.frame = frame.reset_index(drop=True)
         self.tokens_column, self.budget_column = tokens_column, budget_column
         self.problems: dict[int, tuple[int, str]] = {}  # curve code -> (row, rule)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     def fail(self, rule: str, *, curve: str | None = None, row: int | None = None) -> CurveError:
+        if row is not None and self.rows is not None:
+            row = int(self.rows[row])
         return CurveError(rule, source=self.source, curve=curve, row=row)
 
     def build(self) -> CurveSet:
@@ -416,16 +432,16 @@ class _TableBuilder:
     def _check_points(self) -> None:
         t, v = self.tokens, self.values
         col = self.tokens_column
-        self._flag(~np.isfinite(t), lambda p: f"{col} must be finite, got {t[p]!r}")
-        self._flag(t < 0, lambda p: f"{col} must be >= 0, got {t[p]!r}")
-        self._flag(~np.isfinite(v), lambda p: f"value must be finite (got {v[p]!r})")
+        self._flag(~np.isfinite(t), lambda p: f"{col} must be finite, got {float(t[p])!r}")
+        self._flag(t < 0, lambda p: f"{col} must be >= 0, got {float(t[p])!r}")
+        self._flag(~np.isfinite(v), lambda p: f"value must be finite (got {float(v[p])!r})")
         same_curve = np.r_[False, self.sorted_codes[1:] == self.sorted_codes[:-1]]
         with np.errstate(invalid="ignore"):
             step = np.r_[np.inf, np.diff(t)]
         self._flag(same_curve & (step == 0),
-                   lambda p: f"duplicate point: {col} {t[p]!r} appears twice in the curve")
+                   lambda p: f"duplicate point: {col} {float(t[p])!r} appears twice in the curve")
         self._flag(same_curve & (step < 0),
-                   lambda p: f"{col} must strictly increase within a curve, got {t[p - 1]!r} then {t[p]!r}")
+                   lambda p: f"{col} must strictly increase within a curve, got {float(t[p - 1])!r} then {float(t[p])!r}")
 
     def _first_rows(self, column: str) -> np.ndarray:
         return self.frame[column].to_numpy()[self.order[self.starts]]
@@ -453,7 +469,7 @@ class _TableBuilder:
             for code in np.flatnonzero(~(budget >= last) | ~np.isfinite(budget)):
                 self._record(code, int(self.order[ends[code]]),
                              f"{self.budget_column} must be finite and >= the last "
-                             f"{self.tokens_column} ({last[code]!r}), got {budget[code]!r}")
+                             f"{self.tokens_column} ({float(last[code])!r}), got {float(budget[code])!r}")
         else:
             budget = last
         attrs["budget"] = budget

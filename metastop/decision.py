@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -25,6 +26,7 @@ class Reason(str, Enum):
     DIVERGED = "diverged"
     WITHIN_LIMITS = "within_limits"
     SHADOW = "shadow"
+    BAD_INPUT = "bad_input"
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,15 @@ class Decision:
         if fields.get("interval") is not None:
             fields["interval"] = tuple(fields["interval"])
         known = cls.__dataclass_fields__
-        return cls(**{k: (math.nan if v is None and k in ("value", "best") else v)
+        return cls(**{k: (math.nan if v is None and k in _NAN_IF_MISSING else v)
                       for k, v in fields.items() if k in known})
+
+    def replace(self, **changes: Any) -> Decision:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+_NAN_IF_MISSING = ("tokens", "value", "best")
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,0 +1,53 @@
+"""Glue shared by the adapters; imports no training framework."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Iterable
+
+from ..errors import ParameterError
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` or raise ``ImportError`` with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"this metastop integration needs {module}: "
+                          f"pip install 'metastop[{extra}]' ({error})") from error
+
+
+def make_controller(controller: Any, policy: Any, budget: float | None, curve_id: str) -> Any:
+    """The controller given, or one built from ``policy`` and ``budget``."""
+    if controller is not None:
+        if policy is not None or budget is not None:
+            raise ParameterError("give either controller or policy/budget, not both; got "
+                                 f"controller={controller!r} with policy={policy!r}, budget={budget!r}")
+        return controller
+    if budget is None:
+        raise ParameterError("budget (planned total tokens) is required when no controller is "
+                             "given, got budget=None")
+    from ..runtime import StopController
+
+    return StopController(policy=policy, budget=budget, curve_id=curve_id)
+
+
+def check_positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ParameterError(f"{name} must be > 0, got {name}={value!r}")
+    return float(value)
+
+
+def missing_metric(name: str, present: Iterable[str]) -> str:
+    """The warning for an evaluation that lacks the monitored metric."""
+    return (f"metastop: metric {name!r} is not in this evaluation's metrics, so no stop decision "
+            f"was made (training continues); metrics present: {sorted(present)}")
+
+
+def as_float(value: Any) -> float:
+    """``float(value)``, or NaN (which the controller reports as non-finite) if impossible."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return float("nan")

@@ -1,0 +1,535 @@
+"""``Predictor``: predicts the rest of a learning curve, with calibrated quantiles.
+
+One LightGBM quantile model per level (default 0.1, 0.5, 0.9) maps the features of a partial
+curve and a later horizon (``metastop.features``) to the curve's value at that horizon,
+relative to its best so far and divided by its scale. Training rows are prefixes (at least
+two points) of finished curves crossed with their later observed points. Intervals are
+calibrated by split-conformal quantile regression (CQR; Romano, Patterson and Candes 2019,
+"Conformalized quantile regression", NeurIPS) on a calibration fold of whole groups (run,
+else task, else curve), per bucket of the observed budget fraction, so the 80% interval
+covers about 80% of truths on unseen runs. A curve with fewer than two points is predicted
+from the population prior (empirical quantiles of the relative final gain), flagged
+``low_confidence``.
+
+Models are saved as LightGBM text files plus ``manifest.json`` (features, feature version,
+quantiles, calibration, prior, training data, metrics, library versions and the SHA-256 of
+every model file); ``load`` verifies all of it. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__
+from .curves import Curve, CurveSet, atomic_path
+from .errors import ModelError, NotFittedError, ParameterError
+from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
+                       relative_target)
+from .prediction import Prediction
+from .splits import RULE as HOLDOUT_RULE
+from .splits import holdout_group, is_held_out
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "metastop-predictor"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+"""The shipped default model (``models/default`` in the repository)."""
+N_DEFAULT_HORIZONS = 8
+BUCKET_EDGES = (0.15, 0.35, 0.65)
+"""Observed-fraction buckets (edges) for calibration offsets and the prior."""
+_CALIBRATION_SALT = "metastop-calibration-v1:"
+_PRIOR_FLOOR = 0.01
+
+
+def default_horizons(curve: Curve, n: int = N_DEFAULT_HORIZONS) -> np.ndarray:
+    """``n`` evenly spaced horizons after the last observation, the last one the budget."""
+    last = curve.last_tokens
+    if last >= curve.budget:
+        return np.array([curve.budget])
+    return last + (curve.budget - last) * np.arange(1, n + 1) / n
+
+
+def _bucket(fraction: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.asarray(BUCKET_EDGES), fraction, side="right")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Training rows: features, relative targets, weights and their groups."""
+
+    X: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    group: np.ndarray
+    fraction: np.ndarray
+    prior_gain: np.ndarray
+    is_final: np.ndarray
+
+
+class Predictor:
+    """Multi-horizon quantile LightGBM model of the rest of a learning curve.
+
+    Args:
+        quantiles: increasing levels in (0, 1), symmetric around 0.5 for calibration.
+        n_estimators: boosting rounds per quantile model.
+        learning_rate: LightGBM learning rate.
+        num_leaves: LightGBM leaves per tree.
+        min_child_samples: LightGBM minimum rows per leaf.
+        max_prefixes: prefixes sampled per training curve.
+        max_horizons: later points sampled per prefix (the last point always included).
+        calibration_share: share of groups held out to calibrate the intervals.
+        num_threads: LightGBM threads for training.
+        random_state: seed of every random choice.
+
+    Example:
+        >>> p = Predictor(n_estimators=50).fit(CurveSet.read("curves.parquet"))  # doctest: +SKIP
+        >>> p.predict(curve).final_interval  # doctest: +SKIP
+        >>> p.save("models/mine"); Predictor.load("models/mine")  # doctest: +SKIP
+    """
+
+    def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 300,
+                 learning_rate: float = 0.05, num_leaves: int = 63, min_child_samples: int = 100,
+                 max_prefixes: int = 6, max_horizons: int = 4, calibration_share: float = 0.2,
+                 num_threads: int = 2, random_state: int = 0):
+        self.quantiles = quantiles
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.max_prefixes = max_prefixes
+        self.max_horizons = max_horizons
+        self.calibration_share = calibration_share
+        self.num_threads = num_threads
+        self.random_state = random_state
+
+    # --- parameters ----------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {name: (list(value) if isinstance(value, tuple) else value)
+                for name, value in vars(self).items() if not name.endswith("_")}
+
+    def _validate(self) -> None:
+        q = np.asarray(self.quantiles, dtype=float)
+        if q.ndim != 1 or len(q) < 2 or np.any(np.diff(q) <= 0) or q[0] <= 0 or q[-1] >= 1:
+            raise ParameterError(f"quantiles must be >= 2 increasing levels in (0, 1), "
+                                 f"got quantiles={self.quantiles!r}")
+        if not np.allclose(q + q[::-1], 1.0):
+            raise ParameterError(f"quantiles must be symmetric around 0.5 (pairs are "
+                                 f"calibrated together), got quantiles={self.quantiles!r}")
+        for name in ("n_estimators", "num_leaves", "min_child_samples", "max_prefixes",
+                     "max_horizons", "num_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ParameterError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        if not 0 < self.learning_rate <= 1:
+            raise ParameterError(f"learning_rate must be in (0, 1], got "
+                                 f"learning_rate={self.learning_rate!r}")
+        if not 0 < self.calibration_share < 1:
+            raise ParameterError(f"calibration_share must be in (0, 1), got "
+                                 f"calibration_share={self.calibration_share!r}")
+
+    # --- fit -------------------------------------------------------------------------------
+    def fit(self, curves: CurveSet | Iterable[Curve], *,
+            sources: Sequence[Mapping[str, Any]] = ()) -> Predictor:
+        """Train the quantile models, calibrate the intervals and the prior.
+
+        Args:
+            curves: finished curves (at least 3 points each are used; shorter ones are
+                skipped).
+            sources: what the curves were read from, recorded in the manifest (e.g.
+                ``{"path": ..., "sha256": ..., "n_curves": ...}``).
+
+        Returns:
+            self.
+        """
+        self._validate()
+        curves = CurveSet(curves) if not isinstance(curves, CurveSet) else curves
+        usable = [c for c in curves if len(c) >= 3]
+        if len(usable) < 10:
+            raise ParameterError(f"curves must hold at least 10 curves with >= 3 points, got "
+                                 f"{len(usable)} of {len(curves)}")
+        groups = [curves.group_key(c) for c in usable]
+        calibration = self._calibration_groups(groups)
+        rows = _training_rows(usable, calibration, self.max_prefixes, self.max_horizons,
+                              np.random.default_rng(self.random_state))
+        fit_part = rows.group == 0
+        logger.info("training on %d rows (%d calibration rows) from %d curves",
+                    int(fit_part.sum()), int((~fit_part).sum()), len(usable))
+        self.boosters_ = [self._train_one(q, rows, fit_part) for q in self.quantiles]
+        raw = self._raw_predict(rows.X[~fit_part])
+        self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], rows.fraction[~fit_part],
+                                               self.quantiles)
+        self.prior_ = _prior(rows, self.quantiles)
+        self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
+        self.training_ = {
+            "sources": [dict(s) for s in sources],
+            "n_curves": len(curves), "n_curves_used": len(usable),
+            "n_groups": len(set(groups)), "n_calibration_groups": len(set(np.array(groups)[calibration])),
+            "n_rows_train": int(fit_part.sum()), "n_rows_calibration": int((~fit_part).sum()),
+            "n_curves_in_holdout": sum(is_held_out(holdout_group(c)) for c in curves),
+            "holdout_rule": HOLDOUT_RULE,
+        }
+        return self
+
+    def _calibration_groups(self, groups: list[str]) -> np.ndarray:
+        """Boolean mask of curves whose group calibrates (hash-chosen, never empty)."""
+        unique = sorted(set(groups))
+        salt = f"{_CALIBRATION_SALT}{self.random_state}:"
+        chosen = {g for g in unique
+                  if int(_sha256((salt + g).encode())[:16], 16) / 2.0**64 < self.calibration_share}
+        if not chosen or len(chosen) == len(unique):
+            keys = unique if len(unique) > 1 else []
+            chosen = set(keys[: max(1, int(len(keys) * self.calibration_share))])
+        mask = np.array([g in chosen for g in groups])
+        if not mask.any() or mask.all():  # a single group: calibrate on curves instead
+            mask = np.arange(len(groups)) % max(2, round(1 / self.calibration_share)) == 0
+        return mask
+
+    def _train_one(self, quantile: float, rows: _Rows, part: np.ndarray) -> Any:
+        import lightgbm as lgb
+
+        params = {"objective": "quantile", "alpha": float(quantile),
+                  "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+                  "min_child_samples": self.min_child_samples, "num_threads": self.num_threads,
+                  "seed": self.random_state, "deterministic": True, "force_row_wise": True,
+                  "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1,
+                  "verbosity": -1}
+        data = lgb.Dataset(rows.X[part], rows.y[part], weight=rows.weight[part],
+                           feature_name=list(FEATURE_NAMES), free_raw_data=True)
+        return lgb.train(params, data, num_boost_round=self.n_estimators)
+
+    # --- predict ---------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "boosters_"):
+            raise NotFittedError("this Predictor is not fitted yet: call fit(curves) or "
+                                 "Predictor.load(dir) first")
+
+    def _raw_predict(self, X: np.ndarray) -> np.ndarray:
+        threads = 1 if len(X) < 2000 else self.num_threads
+        return np.stack([b.predict(X, num_threads=threads) for b in self.boosters_], axis=1)
+
+    def _calibrated(self, raw: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+        """Apply the conformal offsets (per observed-fraction bucket) and sort quantiles."""
+        offsets = np.asarray(self.calibration_["offsets"])[_bucket(fraction)]
+        return np.sort(raw + offsets, axis=1)
+
+    def predict(self, curve: Curve, horizons: Sequence[float] | None = None) -> Prediction:
+        """Predict ``curve`` at ``horizons`` (tokens; default: 8 points up to the budget)."""
+        return self.predict_many([curve], horizons=None if horizons is None else [horizons])[0]
+
+    def predict_final(self, curve: Curve) -> Prediction:
+        """Predict ``curve`` at its budget only."""
+        return self.predict(curve, [curve.budget])
+
+    def predict_many(self, curves: Sequence[Curve], horizons: Sequence[Any] | None = None, *,
+                     fractions: Sequence[float] | None = None) -> list[Prediction]:
+        """Predict many curves at once (one feature batch, one model call per quantile).
+
+        Args:
+            curves: the partial curves.
+            horizons: per curve, its horizons in tokens (a list of sequences, one per curve);
+                default: ``default_horizons``.
+            fractions: alternatively, horizons as fractions of each curve's budget, the same
+                for every curve (e.g. ``[0.5, 1.0]``).
+
+        Returns:
+            One ``Prediction`` per curve, in order.
+        """
+        self._check_fitted()
+        grid = self._horizon_grid(curves, horizons, fractions)
+        out: list[Prediction | None] = [None] * len(curves)
+        modelled = [i for i, c in enumerate(curves) if len(c) >= 2]
+        for i in set(range(len(curves))) - set(modelled):
+            out[i] = self._prior_prediction(curves[i], grid[i])
+        if modelled:
+            for i, prediction in zip(modelled, self._model_predictions(
+                    [curves[i] for i in modelled], [grid[i] for i in modelled])):
+                out[i] = prediction
+        return out  # type: ignore[return-value]
+
+    def _horizon_grid(self, curves: Sequence[Curve], horizons: Sequence[Any] | None,
+                      fractions: Sequence[float] | None) -> list[np.ndarray]:
+        if horizons is not None and fractions is not None:
+            raise ParameterError("pass horizons or fractions, not both")
+        if fractions is not None:
+            horizons = [np.asarray(fractions, dtype=float) * c.budget for c in curves]
+        if horizons is None:
+            return [default_horizons(c) for c in curves]
+        if len(horizons) != len(curves):
+            raise ParameterError(f"horizons must hold one sequence per curve, got "
+                                 f"{len(horizons)} for {len(curves)} curves")
+        return [_checked_horizons(h, c) for h, c in zip(horizons, curves)]
+
+    def _model_predictions(self, curves: list[Curve], grid: list[np.ndarray]) -> list[Prediction]:
+        batch = PrefixBatch.from_curves([(c.tokens, c.scores, c.budget) for c in curves])
+        width = max(len(h) for h in grid)
+        xh = np.full((len(curves), width), np.nan)
+        for i, h in enumerate(grid):
+            xh[i, :len(h)] = h / batch.budget[i]
+        valid = np.isfinite(xh)
+        X = feature_matrix(batch, xh)[valid]
+        fraction = np.repeat(batch.x_last, valid.sum(axis=1))
+        rel = self._calibrated(self._raw_predict(X), fraction)
+        row = np.repeat(np.arange(len(curves)), valid.sum(axis=1))
+        scores = batch.best[row, None] + batch.scale[row, None] * rel
+        starts = np.r_[0, np.cumsum(valid.sum(axis=1))]
+        return [Prediction(c.curve_id, c.last_tokens, h, tuple(self.quantiles),
+                           scores[starts[i]:starts[i + 1]])
+                for i, (c, h) in enumerate(zip(curves, grid))]
+
+    def _prior_prediction(self, curve: Curve, horizons: np.ndarray) -> Prediction:
+        best = float(curve.scores.max())
+        bucket = int(_bucket(np.array([curve.fraction_seen]))[0])
+        gains = np.asarray(self.prior_["gain_quantiles"])[bucket]
+        remaining = curve.budget - curve.last_tokens
+        share = (np.clip((horizons - curve.last_tokens) / remaining, 0.0, 1.0) if remaining > 0
+                 else np.ones_like(horizons))
+        scores = best + max(abs(best), _PRIOR_FLOOR) * share[:, None] * gains[None, :]
+        return Prediction(curve.curve_id, curve.last_tokens, horizons, tuple(self.quantiles),
+                          np.sort(scores, axis=1), low_confidence=True)
+
+    # --- save / load -----------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The manifest describing this fitted model (without file hashes)."""
+        self._check_fitted()
+        import lightgbm
+        import sklearn
+
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "feature_version": FEATURE_VERSION, "feature_names": list(FEATURE_NAMES),
+            "quantiles": list(self.quantiles), "params": self.get_params(),
+            "calibration": self.calibration_, "prior": self.prior_,
+            "training": self.training_, "metrics": self.metrics_,
+            "versions": {"metastop": __version__, "lightgbm": lightgbm.__version__,
+                         "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+                         "python": platform.python_version()},
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the models (LightGBM text) and ``manifest.json`` into ``directory``."""
+        manifest = self.manifest()
+        directory = Path(directory)
+        files = {}
+        for q, booster in zip(self.quantiles, self.boosters_):
+            name = f"quantile_{q:g}.txt"
+            text = booster.model_to_string().encode("utf-8")
+            with atomic_path(directory / name) as tmp:
+                tmp.write_bytes(text)
+            files[name] = {"quantile": q, "sha256": _sha256(text), "bytes": len(text)}
+        manifest["files"] = files
+        with atomic_path(directory / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        logger.info("saved predictor to %s", directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike | None = None) -> Predictor:
+        """Load a saved model, verifying every hash and the feature version.
+
+        Args:
+            directory: the model directory; default: the shipped ``models/default``.
+
+        Raises:
+            ModelError: naming the file and the problem (missing, not JSON, tampered or
+                truncated, incompatible feature version, unreadable model).
+        """
+        directory = Path(directory) if directory is not None else DEFAULT_DIR
+        manifest = _read_manifest(directory)
+        predictor = cls(**_params_from(manifest, directory))
+        predictor.boosters_ = [_read_booster(directory, name, entry, manifest)
+                               for name, entry in _model_files(manifest, directory)]
+        predictor.calibration_ = manifest["calibration"]
+        predictor.prior_ = manifest["prior"]
+        predictor.training_ = manifest.get("training", {})
+        predictor.metrics_ = manifest.get("metrics", {})
+        return predictor
+
+
+def _checked_horizons(horizons: Any, curve: Curve) -> np.ndarray:
+    h = np.atleast_1d(np.asarray(horizons, dtype=float))
+    if h.ndim != 1 or len(h) == 0 or not np.all(np.isfinite(h)) or np.any(h <= 0):
+        raise ParameterError(f"horizons of curve {curve.curve_id!r} must be a non-empty 1-D "
+                             f"sequence of finite tokens > 0, got {horizons!r}")
+    if np.any(np.diff(h) <= 0):
+        raise ParameterError(f"horizons of curve {curve.curve_id!r} must strictly increase, "
+                             f"got {h.tolist()!r}")
+    return h
+
+
+# --- training rows ---------------------------------------------------------------------------
+def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator, keep_last: bool) -> np.ndarray:
+    if len(candidates) <= k:
+        return candidates
+    if keep_last:
+        rest = rng.choice(candidates[:-1], size=k - 1, replace=False)
+        return np.sort(np.r_[rest, candidates[-1]])
+    return np.sort(rng.choice(candidates, size=k, replace=False))
+
+
+def _training_rows(curves: list[Curve], calibration: np.ndarray, max_prefixes: int,
+                   max_horizons: int, rng: np.random.Generator, chunk: int = 20000) -> _Rows:
+    """Prefixes x later observed points of every curve, features computed in chunks."""
+    prefixes, horizons, owners = [], [], []
+    for i, curve in enumerate(curves):
+        n = len(curve)
+        for k in _sample(np.arange(2, n), max_prefixes, rng, keep_last=False):
+            prefixes.append((curve.tokens[:k], curve.scores[:k], curve.budget))
+            horizons.append(_sample(np.arange(k, n), max_horizons, rng, keep_last=True))
+            owners.append(i)
+    parts = [_rows_chunk(curves, prefixes[s:s + chunk], horizons[s:s + chunk],
+                         owners[s:s + chunk], calibration)
+             for s in range(0, len(prefixes), chunk)]
+    return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: list,
+                calibration: np.ndarray) -> tuple[np.ndarray, ...]:
+    batch = PrefixBatch.from_curves(prefixes)
+    width = max(len(h) for h in horizons)
+    xh = np.full((len(prefixes), width), np.nan)
+    target = np.full((len(prefixes), width), np.nan)
+    final = np.zeros((len(prefixes), width), dtype=bool)
+    for r, (owner, idx) in enumerate(zip(owners, horizons)):
+        curve = curves[owner]
+        xh[r, :len(idx)] = curve.tokens[idx] / batch.budget[r]
+        target[r, :len(idx)] = curve.scores[idx]
+        final[r, :len(idx)] = idx == len(curve) - 1
+    valid = np.isfinite(xh)
+    counts = valid.sum(axis=1)
+    X = feature_matrix(batch, xh)[valid]
+    rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
+    y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
+    prior_gain = (target[valid] - rep(batch.best)) / np.maximum(np.abs(rep(batch.best)), _PRIOR_FLOOR)
+    group = rep(calibration[np.asarray(owners)].astype(int))
+    return (X.astype(np.float32), y, rep(1.0 / counts), group, rep(batch.x_last), prior_gain,
+            final[valid])
+
+
+# --- calibration, prior, metrics -------------------------------------------------------------
+def _conformal_offsets(raw: np.ndarray, y: np.ndarray, fraction: np.ndarray,
+                       quantiles: Sequence[float]) -> dict[str, Any]:
+    """CQR offsets per observed-fraction bucket for every symmetric pair of quantiles.
+
+    For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo`` the conformity score of a
+    calibration row is ``max(lo - y, y - hi)``; its ``ceil((n + 1) c) / n`` empirical
+    quantile widens (or, if negative, narrows) the interval on each side.
+    """
+    n_q = len(quantiles)
+    buckets = _bucket(fraction)
+    offsets = np.zeros((len(BUCKET_EDGES) + 1, n_q))
+    for b in range(len(BUCKET_EDGES) + 1):
+        rows = buckets == b if (buckets == b).sum() >= 50 else np.ones_like(buckets, dtype=bool)
+        for lo in range(n_q // 2):
+            hi = n_q - 1 - lo
+            score = np.maximum(raw[rows, lo] - y[rows], y[rows] - raw[rows, hi])
+            level = min(1.0, np.ceil((len(score) + 1) * (quantiles[hi] - quantiles[lo])) / len(score))
+            e = float(np.quantile(score, level, method="higher"))
+            offsets[b, lo], offsets[b, hi] = -e, e
+    return {"bucket_edges": list(BUCKET_EDGES), "offsets": offsets.tolist(),
+            "method": "split-conformal CQR (Romano et al. 2019) per observed-fraction bucket"}
+
+
+def _prior(rows: _Rows, quantiles: Sequence[float]) -> dict[str, Any]:
+    """Quantiles of the relative final gain ``(final - best) / max(|best|, 0.01)`` per bucket."""
+    gains = rows.prior_gain[rows.is_final]
+    buckets = _bucket(rows.fraction[rows.is_final])
+    table = []
+    for b in range(len(BUCKET_EDGES) + 1):
+        part = gains[buckets == b] if (buckets == b).sum() >= 20 else gains
+        table.append(np.quantile(part, quantiles).tolist())
+    return {"bucket_edges": list(BUCKET_EDGES), "gain_quantiles": table,
+            "gain": "(final score - best score) / max(|best score|, 0.01), scaled linearly "
+                    "in tokens from now to the budget"}
+
+
+def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
+                         part: np.ndarray) -> dict[str, Any]:
+    cal = predictor._calibrated(raw, rows.fraction[part])
+    y = rows.y[part]
+    inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
+    inside = (cal[:, 0] <= y) & (y <= cal[:, -1])
+    median = cal[:, len(predictor.quantiles) // 2]
+    return {"calibration_rows": int(part.sum()),
+            "coverage_outer_raw": float(inside_raw.mean()),
+            "coverage_outer_calibrated": float(inside.mean()),
+            "nominal_outer": float(predictor.quantiles[-1] - predictor.quantiles[0]),
+            "median_abs_error_relative": float(np.mean(np.abs(median - y)))}
+
+
+# --- manifest checks -------------------------------------------------------------------------
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        hint = " (run scripts/train_default.py to build it)" if directory == DEFAULT_DIR else ""
+        raise ModelError(f"file {path}: missing; a model directory needs {MANIFEST}{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"file {path}: not a valid JSON manifest (truncated or edited?): "
+                         f"{error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(f"file {path}: not a {FORMAT} manifest (format="
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("feature_version") != FEATURE_VERSION or \
+            manifest.get("feature_names") != list(FEATURE_NAMES):
+        raise ModelError(f"file {path}: incompatible feature version "
+                         f"{manifest.get('feature_version')!r}; this metastop computes feature "
+                         f"version {FEATURE_VERSION!r} ({len(FEATURE_NAMES)} features): retrain")
+    for key in ("quantiles", "calibration", "prior", "files", "params"):
+        if key not in manifest:
+            raise ModelError(f"file {path}: manifest lacks the {key!r} entry")
+    return manifest
+
+
+def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
+    params = dict(manifest["params"])
+    params["quantiles"] = tuple(manifest["quantiles"])
+    try:
+        Predictor(**params)._validate()
+    except (TypeError, ParameterError) as error:
+        raise ModelError(f"file {directory / MANIFEST}: bad params entry: {error}") from None
+    return params
+
+
+def _model_files(manifest: dict[str, Any], directory: Path) -> list[tuple[str, dict]]:
+    by_quantile = {entry.get("quantile"): (name, entry) for name, entry in manifest["files"].items()}
+    missing = [q for q in manifest["quantiles"] if q not in by_quantile]
+    if missing:
+        raise ModelError(f"file {directory / MANIFEST}: lists no model file for quantiles {missing}")
+    return [by_quantile[q] for q in manifest["quantiles"]]
+
+
+def _read_booster(directory: Path, name: str, entry: dict, manifest: dict) -> Any:
+    import lightgbm as lgb
+
+    path = directory / name
+    if not path.is_file():
+        raise ModelError(f"file {path}: missing (listed in {MANIFEST})")
+    data = path.read_bytes()
+    if _sha256(data) != entry.get("sha256"):
+        what = "truncated" if len(data) < entry.get("bytes", 0) else "tampered with or replaced"
+        raise ModelError(f"file {path}: SHA-256 does not match {MANIFEST} (file {what}: "
+                         f"{len(data)} bytes, expected {entry.get('bytes')})")
+    try:
+        booster = lgb.Booster(model_str=data.decode("utf-8"))
+    except (lgb.basic.LightGBMError, UnicodeDecodeError) as error:
+        raise ModelError(f"file {path}: not a readable LightGBM text model: {error}") from None
+    if booster.num_feature() != len(manifest["feature_names"]):
+        raise ModelError(f"file {path}: model expects {booster.num_feature()} features, "
+                         f"{MANIFEST} lists {len(manifest['feature_names'])}")
+    return booster

@@ -1,0 +1,494 @@
+"""Model versions under ``models/``: champion, challengers, atomic promotion and rollback.
+
+Layout of a registry root::
+
+    models/
+      default/            the shipped model (LightGBM text files + manifest.json)
+      20250101-120000-3fa2c1d0/   a retrained version, same layout
+      current             JSON pointer: {"champion": name, "previous": [older champions]}
+      history.jsonl       audit log, one line per promotion or rollback
+      .lock               fcntl lock file: one writer (retrain, promote, rollback) at a time
+
+Without a ``current`` file the champion is ``default``. The pointer holds the stack of
+earlier champions itself, so promotion and rollback are each one ``os.replace`` of one small
+file: a process killed at any moment leaves either the old or the new champion, never a mix.
+A version is copied in through a hidden temporary folder and renamed into place only after
+it loads and its SHA-256 checksums match, so half-copied versions are never visible.
+
+Example:
+    >>> reg = Registry("models")                      # doctest: +SKIP
+    >>> name = reg.add("build/challenger")            # doctest: +SKIP
+    >>> reg.promote(name, reason="MAE -3.1%")         # doctest: +SKIP
+    >>> Predictor.load(reg.champion())                # doctest: +SKIP
+    >>> reg.rollback()                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import MetastopError, ModelError, ParameterError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERSION = "default"
+POINTER = "current"
+HISTORY = "history.jsonl"
+LOCK = ".lock"
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_RESERVED = {POINTER, HISTORY, LOCK}
+ENV_ROOT = "METASTOP_MODELS"
+
+
+class RegistryLockError(MetastopError):
+    """Another process holds the registry lock (a retrain, promotion or rollback runs)."""
+
+
+def default_root() -> Path:
+    """The registry root: ``$METASTOP_MODELS`` if set, else the project's ``models/`` folder."""
+    env = os.environ.get(ENV_ROOT)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One model version in the registry, as listed by ``Registry.versions()``.
+
+    Attributes:
+        name: the folder name.
+        path: the folder.
+        champion: whether the pointer names it.
+        created: the manifest's creation time, else the folder's modification time (ISO 8601).
+        metrics: the ``metrics`` mapping of its manifest (empty if none).
+        problem: why the version cannot be used (bad or missing manifest), else ``None``.
+    """
+
+    name: str
+    path: Path
+    champion: bool
+    created: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "champion": self.champion,
+                "created": self.created, "metrics": self.metrics, "problem": self.problem}
+
+
+class Registry:
+    """Model versions in folders under ``root``, with a champion pointer and a lock.
+
+    Args:
+        root: the registry folder (default: ``default_root()``).
+        lock_timeout: seconds to wait for the lock before ``RegistryLockError``.
+        verify: a function ``verify(path)`` raising ``ModelError`` if the model folder at
+            ``path`` cannot be used; default: ``verify_model_dir`` (manifest SHA-256 check,
+            then ``Predictor.load``).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, lock_timeout: float = 60.0,
+                 verify: Callable[[Path], Any] | None = None):
+        if lock_timeout < 0:
+            raise ParameterError(f"lock_timeout cannot be negative, but got {lock_timeout=}")
+        self.root = Path(root) if root is not None else default_root()
+        self.lock_timeout = float(lock_timeout)
+        self._verify = verify or verify_model_dir
+        self._lock_depth = 0
+        self._lock_file: Any = None
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    # --- reading ------------------------------------------------------------------------
+    def champion_name(self) -> str:
+        """The name of the current champion (``default`` when there is no pointer file)."""
+        return self._read_pointer()["champion"]
+
+    def champion(self) -> Path:
+        """The folder of the current champion; ``ModelError`` if it is missing.
+
+        ``Predictor.load(None)`` can resolve the served model as ``Registry().champion()``.
+        """
+        name = self.champion_name()
+        path = self.root / name
+        if not (path / MANIFEST).is_file():
+            where = self.root / POINTER if (self.root / POINTER).exists() else "the default"
+            raise ModelError(f"file {path / MANIFEST}: champion {name!r} (named by {where}) "
+                             f"has no manifest; run `Registry.rollback()` or promote another "
+                             f"version")
+        return path
+
+    def path(self, name: str) -> Path:
+        """The folder of version ``name``; ``ModelError`` if there is none."""
+        _check_name(name)
+        path = self.root / name
+        if not path.is_dir():
+            raise ModelError(f"no model version {name!r} under {self.root} "
+                             f"(versions: {self.names()})")
+        return path
+
+    def names(self) -> list[str]:
+        """Names of the version folders (hidden temporary folders excluded), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in _RESERVED)
+
+    def versions(self) -> list[Version]:
+        """Every version with its manifest metrics; the champion is flagged."""
+        champion = self.champion_name()
+        return [self._describe(name, champion) for name in self.names()]
+
+    def history(self) -> list[dict[str, Any]]:
+        """The audit log of promotions and rollbacks, oldest first (unreadable lines skipped)."""
+        path = self.root / HISTORY
+        if not path.exists():
+            return []
+        events = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+        return events
+
+    def verify(self, name: str) -> Path:
+        """Check version ``name`` (checksums, loads); return its folder or raise ``ModelError``."""
+        path = self.path(name)
+        self._verify(path)
+        return path
+
+    # --- writing (under the lock) ---------------------------------------------------------
+    def add(self, source: str | os.PathLike, *, name: str | None = None) -> str:
+        """Copy a saved model folder in as a new version and return its name.
+
+        The copy goes to a hidden temporary folder under ``root``, is verified (checksums,
+        loads), then renamed into place, so a version either exists whole or not at all.
+
+        Args:
+            source: a folder written by ``Predictor.save``.
+            name: the version name; default ``<UTC time>-<first 8 hex of the manifest SHA-256>``.
+        """
+        source = Path(source)
+        self._verify(source)
+        name = name or _version_name(source)
+        _check_name(name)
+        with self.lock():
+            target = self.root / name
+            if target.exists():
+                raise ParameterError(f"name {name!r} is taken: {target} exists")
+            tmp = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=self.root))
+            try:
+                staged = tmp / name
+                shutil.copytree(source, staged)
+                _fsync_tree(staged)
+                pause_point("registry.add.copied")
+                self._verify(staged)
+                os.rename(staged, target)
+                _fsync_dir(self.root)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        log.info("added model version %s from %s", name, source)
+        return name
+
+    def promote(self, name: str, *, reason: str = "") -> None:
+        """Make version ``name`` the champion (verified first); the old one can be rolled back to."""
+        with self.lock():
+            self.verify(name)
+            pointer = self._read_pointer()
+            if pointer["champion"] == name:
+                log.info("model version %s is already the champion", name)
+                return
+            previous = [*pointer["previous"], pointer["champion"]]
+            self._write_pointer(name, previous, reason)
+            self._append_history("promote", name, pointer["champion"], reason)
+        log.info("promoted model version %s (was %s): %s", name, pointer["champion"], reason)
+
+    def rollback(self, *, reason: str = "") -> str:
+        """Go back to the previous champion; return its name. ``ModelError`` if there is none."""
+        with self.lock():
+            pointer = self._read_pointer()
+            previous = list(pointer["previous"])
+            while previous:
+                candidate = previous.pop()
+                try:
+                    self.verify(candidate)
+                except ModelError as error:
+                    log.warning("rollback skips version %s: %s", candidate, error)
+                    continue
+                self._write_pointer(candidate, previous, reason or "rollback")
+                self._append_history("rollback", candidate, pointer["champion"], reason)
+                log.info("rolled back from %s to %s", pointer["champion"], candidate)
+                return candidate
+        raise ModelError(f"file {self.root / POINTER}: no earlier usable champion to roll back "
+                         f"to from {pointer['champion']!r}")
+
+    def clean(self) -> list[str]:
+        """Remove hidden temporary folders left by killed processes; return their names."""
+        with self.lock():
+            stale = [p for p in self.root.iterdir()
+                     if p.is_dir() and p.name.startswith((".add-", ".tmp-"))]
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in stale]
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the registry's exclusive lock (``root/.lock``, ``fcntl.flock``).
+
+        Re-entrant within one ``Registry`` object, so a retrain can hold it throughout and
+        still call ``add`` and ``promote``. Raises ``RegistryLockError`` after ``timeout``
+        seconds (default: ``lock_timeout``), naming the holder recorded in the lock file.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self._acquire(self.lock_timeout if timeout is None else timeout)
+        self._lock_depth = 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            self._release()
+
+    # --- internals -----------------------------------------------------------------------
+    def _acquire(self, timeout: float) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        handle = open(path, "a+")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(path)
+                    handle.close()
+                    raise RegistryLockError(
+                        f"file {path}: the model registry is locked by another process "
+                        f"({holder}); waited {timeout:g} s. Wait for it to finish, or raise "
+                        f"lock_timeout") from None
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "since": _now()}))
+        handle.flush()
+        self._lock_file = handle
+
+    def _release(self) -> None:
+        handle, self._lock_file = self._lock_file, None
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def _read_pointer(self) -> dict[str, Any]:
+        path = self.root / POINTER
+        if not path.exists():
+            return {"champion": DEFAULT_VERSION, "previous": []}
+        text = path.read_text().strip()
+        if not text.startswith("{"):
+            name = text
+            data: dict[str, Any] = {"champion": name, "previous": []}
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ModelError(f"file {path}: the champion pointer is not valid JSON "
+                                 f"({error})") from None
+        name = data.get("champion")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ModelError(f"file {path}: the champion pointer names no valid version "
+                             f"(got {name!r})")
+        previous = [p for p in data.get("previous", []) if isinstance(p, str) and _NAME.match(p)]
+        return {**data, "champion": name, "previous": previous}
+
+    def _write_pointer(self, name: str, previous: list[str], reason: str) -> None:
+        data = {"champion": name, "previous": previous[-50:], "since": _now(), "reason": reason}
+        path = self.root / POINTER
+        fd, tmp = tempfile.mkstemp(prefix=f".{POINTER}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(data, indent=1) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            pause_point("registry.pointer.written")
+            os.replace(tmp, path)
+            _fsync_dir(self.root)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _append_history(self, action: str, name: str, before: str, reason: str) -> None:
+        event = {"time": _now(), "action": action, "champion": name, "before": before,
+                 "reason": reason, "pid": os.getpid()}
+        with open(self.root / HISTORY, "a") as handle:
+            handle.write(json.dumps(event) + "\n")
+
+    def _describe(self, name: str, champion: str) -> Version:
+        path = self.root / name
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
+        try:
+            manifest = read_manifest(path)
+        except ModelError as error:
+            return Version(name, path, name == champion, created, {}, str(error))
+        metrics = manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {}
+        created = str(manifest.get("created") or manifest.get("created_at") or created)
+        return Version(name, path, name == champion, created, dict(metrics))
+
+
+# --- model folder checks -----------------------------------------------------------------
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a model folder; ``ModelError`` naming it if unusable."""
+    file = Path(path) / MANIFEST
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"file {file}: missing; a model folder needs a manifest") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"file {file}: cannot be read as JSON ({error}); "
+                         f"truncated or tampered") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"file {file}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def manifest_checksums(manifest: dict[str, Any]) -> dict[str, str]:
+    """``{file name: sha256 hex}`` from a manifest, whichever common layout it uses.
+
+    Accepted: ``{"sha256": {name: hex}}``, ``{"files": {name: hex}}``,
+    ``{"files": {name: {"sha256": hex}}}`` and ``{"files": [{"name"/"path": .., "sha256": ..}]}``.
+    """
+    found: dict[str, str] = {}
+    for key in ("sha256", "files", "checksums"):
+        entry = manifest.get(key)
+        if isinstance(entry, dict):
+            for name, value in entry.items():
+                digest = value.get("sha256") if isinstance(value, dict) else value
+                if isinstance(digest, str):
+                    found[str(name)] = digest
+        elif isinstance(entry, list):
+            for item in entry:
+                if isinstance(item, dict) and isinstance(item.get("sha256"), str):
+                    found[str(item.get("name") or item.get("path") or item.get("file"))] = item["sha256"]
+    return found
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file listed in the manifest against its SHA-256; return the manifest.
+
+    Raises:
+        ModelError: naming the first missing or mismatching file.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    checksums = manifest_checksums(manifest)
+    if not checksums:
+        raise ModelError(f"file {path / MANIFEST}: lists no SHA-256 checksums of model files")
+    for name, expected in sorted(checksums.items()):
+        file = path / name
+        if not file.is_file():
+            raise ModelError(f"file {file}: missing (listed in {path / MANIFEST})")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ModelError(f"file {file}: SHA-256 {actual[:12]}... does not match the "
+                             f"manifest's {expected[:12]}...; the file is truncated or tampered")
+    return manifest
+
+
+def verify_model_dir(path: str | os.PathLike) -> None:
+    """Raise ``ModelError`` unless the model folder's checksums match and it loads."""
+    from .predictor import Predictor
+
+    verify_checksums(path)
+    Predictor.load(Path(path))
+
+
+def folder_digest(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file in a folder, by relative name (to compare versions byte for byte)."""
+    path = Path(path)
+    return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+# --- helpers -----------------------------------------------------------------------------
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED:
+        raise ParameterError(f"name must be letters, digits, '_', '.', '-' (not starting with "
+                             f"'.' and not one of {sorted(_RESERVED)}), got name={name!r}")
+
+
+def _version_name(source: Path) -> str:
+    digest = sha256_file(source / MANIFEST)[:8]
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return "holder unknown"
+    return f"pid {data.get('pid', '?')} since {data.get('since', '?')}"
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+PHASE_ENV = "METASTOP_PAUSE_AT"
+
+
+def pause_point(name: str) -> None:
+    """A named point in a long operation; tests pause here to kill the process mid-way.
+
+    With ``METASTOP_PAUSE_AT=<name>`` set, the process writes ``<name>`` to the file named by
+    ``METASTOP_PAUSE_FILE`` (if set) and sleeps, so a test can send SIGKILL at that moment.
+    """
+    log.debug("phase %s", name)
+    if os.environ.get(PHASE_ENV) != name:
+        return
+    marker = os.environ.get("METASTOP_PAUSE_FILE")
+    if marker:
+        Path(marker).write_text(name)
+    time.sleep(float(os.environ.get("METASTOP_PAUSE_SECONDS", "3600")))

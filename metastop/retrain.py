@@ -1,0 +1,592 @@
+"""The batch retraining pipeline: gather curves, train a challenger, promote it only if better.
+
+Steps (``retrain``), all under the registry's lock so two retrains never interleave:
+
+1. **Gather** curves from the corpus (``data/lcdb.parquet``, ``data/em_curves.parquet`` when
+   present), extra files, and a folder of finished runs: curve files (Parquet, CSV, JSONL
+   long tables) and controller decision logs (``*.jsonl``: one curve per ``curve_id``, its
+   ``tokens`` / ``value`` per line). Bad files and curves are skipped and listed with the
+   reason; curves are de-duplicated by ``curve_id`` and by identical points.
+2. **Train** a challenger ``Predictor`` on the curves outside the held-out groups
+   (``metastop.splits``), with the champion's hyper-parameters unless told otherwise; with a
+   Dask scheduler address the boosters train on that cluster (``lightgbm.dask``).
+3. **Evaluate** champion and challenger on the same held-out curves: MAE of the predicted
+   final value at 25% of the budget observed, and the mean utility of ``CostAware`` at the
+   default price (``metastop.backtest``).
+4. **Promote** the challenger only if it wins by ``PROMOTION_RULE`` (or ``force``), through
+   ``Registry.add`` + ``Registry.promote`` (both atomic).
+5. **Report**: ``report.json`` and ``report.md`` in the output folder.
+
+Example:
+    >>> result = retrain(["data/lcdb.parquet"], runs_dir="runs/finished")  # doctest: +SKIP
+    >>> result.verdict.promote, result.verdict.reason                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
+from .errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
+from .governor import observations
+from .registry import Registry, pause_point, sha256_file
+from .splits import RULE as HOLDOUT_RULE
+from .splits import split_holdout
+
+log = logging.getLogger(__name__)
+
+CORPUS_FILES = ("lcdb.parquet", "em_curves.parquet")
+"""Files of the project's own corpus under ``data/`` used when present."""
+CURVE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+MIN_POINTS = 3
+"""Curves with fewer points are skipped (the predictor cannot learn from them)."""
+EVAL_FRACTION = 0.25
+MIN_IMPROVEMENT = 0.01
+UTILITY_TOLERANCE = 0.0
+PROMOTION_RULE = (
+    "promote when the challenger's held-out MAE of the final value at 25% observed is lower "
+    "than the champion's by at least {min_improvement:.0%} AND its mean CostAware utility at the "
+    "default price (points per curve) is not lower than the champion's by more than "
+    "{tolerance:g}; --force promotes regardless; with no usable champion the challenger is "
+    "promoted")
+FINISHED_SHARE = 0.98
+"""A logged run counts as finished when its last tokens reach this share of its budget."""
+MAX_LISTED = 200
+
+
+# --- gathering -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Skipped:
+    """An input left out of training: the file, the curve (if one), and why."""
+
+    path: str
+    reason: str
+    curve: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path} (curve {self.curve!r})" if self.curve else self.path
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The curves gathered for retraining and what was left out."""
+
+    curves: CurveSet
+    sources: tuple[dict[str, Any], ...]
+    skipped: tuple[Skipped, ...]
+    duplicates: tuple[Skipped, ...]
+
+
+def corpus_files(data_dir: str | os.PathLike) -> list[Path]:
+    """The corpus files under ``data_dir`` that exist (``CORPUS_FILES``)."""
+    return [Path(data_dir) / name for name in CORPUS_FILES if (Path(data_dir) / name).is_file()]
+
+
+def gather_curves(paths: Iterable[str | os.PathLike] = (), *,
+                  runs_dir: str | os.PathLike | None = None,
+                  min_points: int = MIN_POINTS) -> Gathered:
+    """Read, validate and de-duplicate curves from files and a folder of finished runs.
+
+    Args:
+        paths: curve files (any format ``metastop.ingest`` reads) or folders of them.
+        runs_dir: a folder of finished runs: curve files and decision logs (``*.jsonl``).
+        min_points: curves with fewer points are skipped.
+
+    Raises:
+        ParameterError: nothing usable was found.
+    """
+    files = [f for p in paths for f in _expand(Path(p))]
+    if runs_dir is not None:
+        if not Path(runs_dir).is_dir():
+            raise ReadError(f"file {runs_dir}: runs_dir must be a folder")
+        files += _expand(Path(runs_dir))
+    collector = _Collector(min_points)
+    for file in files:
+        collector.read(file)
+    if not collector.curves:
+        raise ParameterError(f"no usable curves in {[str(f) for f in files]}; skipped: "
+                             f"{[str(s) for s in collector.skipped[:5]]}")
+    return Gathered(CurveSet(collector.curves), tuple(collector.sources),
+                    tuple(collector.skipped), tuple(collector.duplicates))
+
+
+def _expand(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in CURVE_SUFFIXES and p.is_file())
+    return [path]
+
+
+class _Collector:
+    """Accumulates curves file by file, skipping bad ones and duplicates."""
+
+    def __init__(self, min_points: int):
+        self.min_points = min_points
+        self.curves: list[Curve] = []
+        self.sources: list[dict[str, Any]] = []
+        self.skipped: list[Skipped] = []
+        self.duplicates: list[Skipped] = []
+        self._ids: set[str] = set()
+        self._contents: dict[str, str] = {}
+
+    def read(self, file: Path) -> None:
+        try:
+            curves, dropped = (_curves_from_log(file) if _is_decision_log(file)
+                               else _curves_from_table(file))
+        except (MetastopError, OSError, ValueError) as error:
+            self.skipped.append(Skipped(str(file), f"{type(error).__name__}: {error}"))
+            return
+        self.skipped.extend(dropped)
+        kept = sum(self._add(file, c) for c in curves)
+        self.sources.append({"path": str(file), "sha256": sha256_file(file), "n_curves": kept})
+
+    def _add(self, file: Path, curve: Curve) -> bool:
+        if len(curve) < self.min_points:
+            self.skipped.append(Skipped(str(file), f"only {len(curve)} points, need >= "
+                                                   f"{self.min_points}", curve.curve_id))
+            return False
+        if curve.curve_id in self._ids:
+            self.duplicates.append(Skipped(str(file), "duplicate curve_id (first one kept)",
+                                           curve.curve_id))
+            return False
+        digest = _content_digest(curve)
+        if digest in self._contents:
+            self.duplicates.append(Skipped(str(file), f"same points as curve "
+                                                      f"{self._contents[digest]!r}", curve.curve_id))
+            return False
+        self._ids.add(curve.curve_id)
+        self._contents[digest] = curve.curve_id
+        self.curves.append(curve)
+        return True
+
+
+def _content_digest(curve: Curve) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(curve.tokens).tobytes())
+    digest.update(np.ascontiguousarray(curve.values).tobytes())
+    digest.update(curve.direction.encode())
+    return digest.hexdigest()
+
+
+def _curves_from_table(file: Path) -> tuple[list[Curve], list[Skipped]]:
+    curves = CurveSet.read(file, on_error="skip")
+    return list(curves), [Skipped(str(file), reason) for reason in curves.dropped]
+
+
+def _is_decision_log(file: Path) -> bool:
+    """A JSONL file whose first record has the decision fields ``stop`` and ``reason``."""
+    if file.suffix != ".jsonl":
+        return False
+    with open(file, errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(record, dict) and "stop" in record and "reason" in record
+    return False
+
+
+def _curves_from_log(file: Path) -> tuple[list[Curve], list[Skipped]]:
+    """One curve per ``curve_id`` of a decision log; unfinished or stopped runs are skipped."""
+    by_curve: dict[str, list[dict[str, Any]]] = {}
+    bad_lines = 0
+    for line in file.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+            bad_lines += 1
+        if isinstance(record, dict):
+            by_curve.setdefault(_log_curve_id(record, file), []).append(record)
+    skipped = [Skipped(str(file), f"{bad_lines} line(s) not JSON (truncated?), ignored")] if bad_lines else []
+    curves = []
+    for curve_id, records in by_curve.items():
+        curve, problem = _log_curve(curve_id, records)
+        if problem is not None:
+            skipped.append(Skipped(str(file), problem, curve_id))
+        else:
+            curves.append(curve)
+    return curves, skipped
+
+
+def _log_curve_id(record: Mapping[str, Any], file: Path) -> str:
+    curve_id, run_id = record.get("curve_id"), record.get("run_id")
+    if curve_id and curve_id != "run":
+        return str(curve_id)
+    return str(run_id or f"{file.stem}/{curve_id or 'run'}")
+
+
+def _log_curve(curve_id: str, records: list[dict[str, Any]]) -> tuple[Curve | None, str | None]:
+    points = [r for r in observations(records) if _number(r.get("value"))]
+    if not points:
+        return None, "no valid observation in the decision log"
+    tokens = np.array([float(r["tokens"]) for r in points])
+    budgets = [float(r["budget"]) for r in points if _number(r.get("budget"))]
+    budget = max(budgets[-1], tokens[-1]) if budgets else float(tokens[-1])
+    if any(r.get("acted") is True for r in points) and tokens[-1] < FINISHED_SHARE * budget:
+        return None, (f"stopped by the controller at {tokens[-1]:.4g} of {budget:.4g} tokens: "
+                      f"the rest of the curve is unknown")
+    if tokens[-1] < FINISHED_SHARE * budget:
+        return None, f"unfinished: last point at {tokens[-1]:.4g} of a {budget:.4g}-token budget"
+    values = np.array([float(r["value"]) for r in points])
+    first = points[0]
+    try:
+        curve = Curve(curve_id, tokens, values, direction=_direction(points, values),
+                      budget=budget, run_id=_text(first.get("run_id")),
+                      task=_text(first.get("task")), meta={"source": "decision_log"})
+    except CurveError as error:
+        return None, str(error)
+    return curve, None
+
+
+def _direction(points: list[dict[str, Any]], values: np.ndarray) -> str:
+    """``minimize`` when the logged best-so-far follows the running minimum, else ``maximize``."""
+    if "direction" in points[0]:
+        return str(points[0]["direction"])
+    best = np.array([float(r["best"]) if _number(r.get("best")) else np.nan for r in points])
+    if np.isfinite(best).all() and np.allclose(best, np.minimum.accumulate(values)) \
+            and not np.allclose(best, np.maximum.accumulate(values)):
+        return MINIMIZE
+    return MAXIMIZE
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# --- training ---------------------------------------------------------------------------------
+def _challenger_class():
+    from .predictor import Predictor
+
+    class ChallengerPredictor(Predictor):
+        """A ``Predictor`` whose boosters train on a Dask cluster when ``client_`` is set.
+
+        Overrides the booster-training step only; rows, calibration, prior, metrics and the
+        saved format are the parent's, so the saved model loads as a plain ``Predictor``.
+        """
+
+        client_: Any = None
+
+        def _train_one(self, quantile: float, rows: Any, part: np.ndarray) -> Any:
+            pause_point("retrain.train")
+            if self.client_ is None:
+                return super()._train_one(quantile, rows, part)
+            return _dask_booster(self, self.client_, quantile, rows.X[part], rows.y[part],
+                                 rows.weight[part])
+
+    return ChallengerPredictor
+
+
+def _dask_booster(predictor: Any, client: Any, quantile: float, X: np.ndarray, y: np.ndarray,
+                  weight: np.ndarray) -> Any:
+    """One quantile booster trained with ``lightgbm.dask`` on the client's cluster.
+
+    The hyper-parameters mirror ``Predictor._train_one`` (same objective, leaves, rates,
+    bagging and seed); the rows are split into one chunk per worker.
+    """
+    import dask.array as da
+    import lightgbm.dask as lgb_dask
+
+    from .features import FEATURE_NAMES
+
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    rows = max(1, math.ceil(len(X) / n_workers))
+    model = lgb_dask.DaskLGBMRegressor(
+        client=client, objective="quantile", alpha=float(quantile),
+        n_estimators=predictor.n_estimators, learning_rate=predictor.learning_rate,
+        num_leaves=predictor.num_leaves, min_child_samples=predictor.min_child_samples,
+        random_state=predictor.random_state, deterministic=True, force_row_wise=True,
+        colsample_bytree=0.9, subsample=0.8, subsample_freq=1, verbose=-1)
+    model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
+              sample_weight=da.from_array(weight, chunks=rows), feature_name=list(FEATURE_NAMES))
+    return model.booster_
+
+
+def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None,
+                    dask_scheduler: str | None = None,
+                    sources: Sequence[Mapping[str, Any]] = ()) -> Any:
+    """Fit a ``Predictor`` on ``curves``, its boosters on a Dask cluster if an address is given.
+
+    Args:
+        curves: the training curves.
+        params: ``Predictor`` keyword arguments.
+        dask_scheduler: address of a running Dask scheduler (``tcp://host:8786``), or ``None``
+            to train on this machine.
+        sources: what the curves were read from, recorded in the model's manifest.
+    """
+    predictor = _challenger_class()(**dict(params or {}))
+    if dask_scheduler is None:
+        return predictor.fit(curves, sources=sources)
+    from distributed import Client
+
+    try:
+        client = Client(dask_scheduler, timeout="30s")
+    except OSError as error:
+        raise ParameterError(f"cannot reach the Dask scheduler at dask_scheduler="
+                             f"{dask_scheduler!r}: {error}") from None
+    with client:
+        predictor.client_ = client
+        try:
+            return predictor.fit(curves, sources=sources)
+        finally:
+            predictor.client_ = None
+
+
+# --- evaluation -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    """How one model does on the held-out curves.
+
+    Attributes:
+        mae_25: MAE of the predicted final value (metric units) at 25% of the budget observed.
+        n_mae: curves with a prediction at 25%.
+        utility: mean ``CostAware`` utility at the default price (points per curve), or
+            ``None`` when not computed.
+        token_savings, em_loss_mean: the same backtest's savings and mean EM loss (metric units).
+        n_curves: held-out curves.
+    """
+
+    mae_25: float
+    n_mae: int
+    utility: float | None
+    token_savings: float | None
+    em_loss_mean: float | None
+    n_curves: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def evaluate(predictor: Any, curves: Sequence[Curve], *, utility: bool = True) -> Evaluation:
+    """Held-out MAE at 25% observed and CostAware utility at the default price."""
+    from .backtest import backtest, prediction_report
+    from .policies import DEFAULT_PRICE, CostAware
+
+    prediction = prediction_report(curves, predictor, fractions=(EVAL_FRACTION,))
+    mae, n_mae = prediction.mae_at[EVAL_FRACTION], prediction.n_at[EVAL_FRACTION]
+    if not utility:
+        return Evaluation(mae, n_mae, None, None, None, len(curves))
+    report = backtest(curves, CostAware(predictor, price=DEFAULT_PRICE))
+    return Evaluation(mae, n_mae, report.utility_mean(DEFAULT_PRICE), report.token_savings_mean,
+                      report.em_loss_mean, len(curves))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to promote the challenger, the rule applied and the reason in numbers."""
+
+    promote: bool
+    forced: bool
+    rule: str
+    reason: str
+
+
+def promotion_verdict(champion: Evaluation | None, challenger: Evaluation, *,
+                      force: bool = False, min_improvement: float = MIN_IMPROVEMENT,
+                      utility_tolerance: float = UTILITY_TOLERANCE) -> Verdict:
+    """Apply ``PROMOTION_RULE`` to the two evaluations.
+
+    Example:
+        >>> a = Evaluation(0.050, 10, 60.0, 0.3, 0.001, 10)
+        >>> b = Evaluation(0.045, 10, 60.2, 0.3, 0.001, 10)
+        >>> promotion_verdict(a, b).promote, promotion_verdict(b, a).promote
+        (True, False)
+    """
+    rule = PROMOTION_RULE.format(min_improvement=min_improvement, tolerance=utility_tolerance)
+    if not math.isfinite(challenger.mae_25):
+        return Verdict(force, force, rule, "the challenger gives no held-out prediction at 25%")
+    if champion is None:
+        return Verdict(True, False, rule, "no usable champion to compare with")
+    gain = 1.0 - challenger.mae_25 / champion.mae_25 if champion.mae_25 > 0 else -math.inf
+    mae_ok = gain >= min_improvement
+    parts = [f"MAE@25% {champion.mae_25:.5g} -> {challenger.mae_25:.5g} "
+             f"({-gain:+.1%}; needs <= {-min_improvement:+.0%})"]
+    utility_ok = True
+    if champion.utility is not None and challenger.utility is not None:
+        utility_ok = challenger.utility >= champion.utility - utility_tolerance
+        parts.append(f"utility {champion.utility:.4g} -> {challenger.utility:.4g} "
+                     f"({challenger.utility - champion.utility:+.3g} pt; needs >= "
+                     f"{-utility_tolerance:+g})")
+    else:
+        parts.append("utility not compared (not computed)")
+    better = mae_ok and utility_ok
+    verdict = "challenger is better" if better else "challenger is not better"
+    if force and not better:
+        verdict += "; promoted anyway (--force)"
+    return Verdict(better or force, force and not better, rule, f"{verdict}: {'; '.join(parts)}")
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+@dataclass
+class RetrainResult:
+    """What one retrain did; written as ``report.json`` and ``report.md``."""
+
+    started: str
+    finished: str | None
+    registry: str
+    data: dict[str, Any]
+    champion: dict[str, Any]
+    challenger: dict[str, Any]
+    verdict: Verdict
+    promoted_as: str | None
+    out: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verdict"] = asdict(self.verdict)
+        return data
+
+
+def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathLike | None = None,
+            registry: Registry | None = None, out: str | os.PathLike | None = None,
+            params: Mapping[str, Any] | None = None, dask_scheduler: str | None = None,
+            force: bool = False, min_improvement: float = MIN_IMPROVEMENT) -> RetrainResult:
+    """Run the whole pipeline (see the module docstring) and return what it did.
+
+    Args:
+        paths: curve files or folders (e.g. ``corpus_files("data")`` plus extra files).
+        runs_dir: a folder of finished runs (curve files and decision logs).
+        registry: where the champion lives and the challenger goes (default ``Registry()``).
+        out: the report folder (default ``reports/retrain/<UTC time>``).
+        params: ``Predictor`` keyword arguments for the challenger; default: the champion's.
+        dask_scheduler: train the boosters on this Dask cluster.
+        force: promote even if the challenger is not better.
+        min_improvement: relative MAE improvement the rule asks for.
+    """
+    if not 0 <= min_improvement < 1:
+        raise ParameterError(f"min_improvement must be in [0, 1), but got {min_improvement=}")
+    registry = registry or Registry()
+    out = Path(out) if out is not None else Path("reports/retrain") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    started = _now()
+    with registry.lock():
+        gathered = gather_curves(paths, runs_dir=runs_dir)
+        train, test = split_holdout(gathered.curves)
+        if len(test) == 0 or len(train) == 0:
+            raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left {len(train)} training "
+                                 f"and {len(test)} held-out curves; retraining needs curves "
+                                 f"from more runs")
+        champion_name, champion, champion_info = _load_champion(registry)
+        challenger_params = {**_champion_params(champion), **dict(params or {})}
+        log.info("training a challenger on %d curves (%d held out)", len(train), len(test))
+        started_fit = time.perf_counter()
+        fitted = train_predictor(train, params=challenger_params, dask_scheduler=dask_scheduler,
+                                 sources=gathered.sources)
+        fit_s = time.perf_counter() - started_fit
+        stage = fitted.save(out / "challenger")
+        from .predictor import Predictor
+
+        challenger = Predictor.load(stage)
+        challenger_eval = evaluate(challenger, test)
+        champion_eval = evaluate(champion, test) if champion is not None else None
+        verdict = promotion_verdict(champion_eval, challenger_eval, force=force,
+                                    min_improvement=min_improvement)
+        promoted_as = None
+        if verdict.promote:
+            promoted_as = registry.add(stage)
+            pause_point("retrain.promote")
+            registry.promote(promoted_as, reason=verdict.reason)
+    result = RetrainResult(
+        started=started, finished=_now(), registry=str(registry.root),
+        data=_data_summary(gathered, train, test),
+        champion={"name": champion_name, **champion_info,
+                  "evaluation": champion_eval.to_dict() if champion_eval else None},
+        challenger={"params": challenger.get_params(), "dask_scheduler": dask_scheduler,
+                    "fit_seconds": round(fit_s, 2), "path": str(stage),
+                    "evaluation": challenger_eval.to_dict()},
+        verdict=verdict, promoted_as=promoted_as, out=str(out))
+    write_report(result, out)
+    return result
+
+
+def _load_champion(registry: Registry) -> tuple[str, Any, dict[str, Any]]:
+    from .predictor import Predictor
+
+    name = registry.champion_name()
+    try:
+        path = registry.champion()
+        return name, Predictor.load(path), {"path": str(path)}
+    except ModelError as error:
+        log.warning("no usable champion: %s", error)
+        return name, None, {"problem": str(error)}
+
+
+def _champion_params(champion: Any) -> dict[str, Any]:
+    if champion is None:
+        return {}
+    params = champion.get_params()
+    params["quantiles"] = tuple(params["quantiles"])
+    return params
+
+
+def _data_summary(gathered: Gathered, train: CurveSet, test: CurveSet) -> dict[str, Any]:
+    return {"n_curves": len(gathered.curves), "n_train": len(train), "n_held_out": len(test),
+            "holdout_rule": HOLDOUT_RULE, "sources": list(gathered.sources),
+            "n_skipped": len(gathered.skipped), "n_duplicates": len(gathered.duplicates),
+            "skipped": [str(s) for s in gathered.skipped[:MAX_LISTED]],
+            "duplicates": [str(s) for s in gathered.duplicates[:MAX_LISTED]]}
+
+
+def write_report(result: RetrainResult, out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out``, atomically."""
+    out = Path(out)
+    paths = out / "report.json", out / "report.md"
+    with atomic_path(paths[0]) as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(report_markdown(result))
+    return paths
+
+
+def report_markdown(result: RetrainResult) -> str:
+    """The report for people: data, the two evaluations side by side, the verdict."""
+    d, v = result.data, result.verdict
+    champ = result.champion.get("evaluation") or {}
+    chall = result.challenger["evaluation"]
+    lines = [
+        "# metastop retrain", "",
+        f"- started {result.started}, finished {result.finished}",
+        f"- registry `{result.registry}`; champion `{result.champion['name']}`"
+        + (f" (unusable: {result.champion['problem']})" if "problem" in result.champion else ""),
+        f"- curves: {d['n_curves']} ({d['n_train']} train, {d['n_held_out']} held out); "
+        f"{d['n_skipped']} skipped, {d['n_duplicates']} duplicates",
+        f"- held-out rule: {d['holdout_rule']}", "",
+        "| model | MAE@25% | utility (pt) | token savings | EM loss | held-out curves |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ev in (("champion", champ), ("challenger", chall)):
+        lines.append(f"| {name} | {_fmt(ev.get('mae_25'))} | {_fmt(ev.get('utility'))} | "
+                     f"{_fmt(ev.get('token_savings'))} | {_fmt(ev.get('em_loss_mean'))} | "
+                     f"{ev.get('n_curves', '-')} |")
+    lines += ["", f"**Verdict: {'promote' if v.promote else 'keep the champion'}**"
+              + (f" as `{result.promoted_as}`" if result.promoted_as else ""), "",
+              f"- reason: {v.reason}", f"- rule: {v.rule}"]
+    if d["skipped"]:
+        lines += ["", "## Skipped inputs", ""] + [f"- {s}" for s in d["skipped"]]
+    if d["duplicates"]:
+        lines += ["", "## Duplicates", ""] + [f"- {s}" for s in d["duplicates"]]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,172 @@
+"""Benchmark the stopping policies on the held-out curves of each corpus.
+
+For every corpus (Pythia evals, LCDB, generated EM curves when present, nanoGPT) this keeps
+only the curves of held-out groups (``metastop.splits``: the shipped model never trained on
+them), optionally a seeded random sample of them, and runs the standard backtest suite:
+metastop at the shipped defaults, patience 3/5/10, improvement-probability and the hindsight
+oracle, plus the frontiers (price sweep for metastop, patience sweep, oracle). It writes
+``reports/bench_stopping.json`` and prints a table with the targets:
+
+- at the shipped default price, metastop saves at least as many tokens as patience-5 with a
+  mean keep-best EM loss <= 0.5 points and a p95 <= 2 points (a point is 0.01);
+- the metastop frontier dominates every patience setting;
+- metastop reaches >= 90% of the oracle's utility gain over never stopping.
+
+The targets apply to the accuracy/EM corpora (Pythia, LCDB, EM); nanoGPT is validation loss
+and is reported for information.
+
+Usage:
+    python scripts/bench_stopping.py                      # 1,000 held-out curves per corpus
+    python scripts/bench_stopping.py --limit 300 --corpus lcdb --model models/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+if not SHARED.exists():
+    SHARED = Path("/work/shared/data")
+
+CORPORA = {
+    # name: (path, keep(curve) or None, targets apply)
+    "pythia": (SHARED / "pythia_evals.parquet", lambda c: c.metric in ("acc", "acc_norm"), True),
+    "lcdb": (ROOT / "data" / "lcdb.parquet", None, True),
+    "em": (ROOT / "data" / "em_curves.parquet", None, True),
+    "nanogpt": (SHARED / "nanogpt_speedrun.parquet", None, False),
+}
+TARGETS = {"em_loss_mean_max": 0.005, "em_loss_p95_max": 0.02, "share_of_oracle_gain_min": 0.9}
+
+
+def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, Any]]:
+    """The held-out curves of one corpus (a seeded sample of at most ``limit``)."""
+    from metastop.backtest import sample
+    from metastop.curves import CurveSet
+    from metastop.splits import RULE, split_holdout
+
+    path, keep, _ = CORPORA[name]
+    curves = CurveSet.read(path, on_error="skip")
+    selected = curves.filter(keep) if keep is not None else curves
+    _, test = split_holdout(selected)
+    chosen = sample(test, limit, seed=seed)
+    return chosen, {"path": str(path), "n_curves_file": len(curves),
+                    "n_curves_selected": len(selected), "n_held_out": len(test),
+                    "n_used": len(chosen), "sampled": limit is not None and limit < len(test),
+                    "selection": "metric in (acc, acc_norm)" if keep is not None else "all",
+                    "holdout_rule": RULE, "seed": seed}
+
+
+def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int) -> dict[str, Any]:
+    from metastop.backtest import compare, run_suite
+
+    curves, source = held_out(name, limit, seed)
+    start = time.perf_counter()
+    suite = run_suite(curves, predictor)
+    wall = time.perf_counter() - start
+    metastop = suite.report("metastop")
+    data = suite.to_json({
+        "source": source, "wall_s": round(wall, 1),
+        "wall_s_per_1000_curves_default_policy": round(1000 * metastop.wall_s / max(1, len(curves)), 2),
+        "comparison": compare(metastop, suite.report("patience-5")).to_dict(),
+        "not_dominated_patience": suite.dominated(),
+        "by_task": {task: r.summary() for task, r in metastop.by_task().items()},
+    })
+    data["targets"] = targets(suite, applies=CORPORA[name][2])
+    return data
+
+
+def targets(suite: Any, *, applies: bool) -> dict[str, Any]:
+    m, p5 = suite.report("metastop"), suite.report("patience-5")
+    share = suite.utility()["policies"]["metastop"]["share_of_oracle_gain"]
+    best_share = max((p["share_of_oracle_gain"] or float("-inf") for p in suite.frontier_utility()),
+                     default=None)
+    checks = {
+        "savings_ge_patience5": m.token_savings_mean >= p5.token_savings_mean,
+        "em_loss_mean_le_0.5pt": m.em_loss_mean <= TARGETS["em_loss_mean_max"],
+        "em_loss_p95_le_2pt": m.em_loss_p95 <= TARGETS["em_loss_p95_max"],
+        "frontier_dominates_patience": not suite.dominated(),
+        "utility_ge_90pct_of_oracle_at_default_price": share is not None and share >= TARGETS["share_of_oracle_gain_min"],
+    }
+    return {"applies": applies, "checks": checks, "all_met": all(checks.values()),
+            "share_of_oracle_gain_default": share, "best_share_on_frontier": best_share}
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=150)
+    table = Table(title="bench_stopping: held-out curves, keep-best (points = 0.01 of the metric)")
+    for column in ("corpus", "curves", "policy", "savings %", "loss mean pt", "loss p95 pt",
+                   "oracle gain share"):
+        table.add_column(column)
+    for corpus, data in results.items():
+        shares = data["utility"]["policies"]
+        for i, entry in enumerate(data["policies"]):
+            share = shares[entry["name"]]["share_of_oracle_gain"]
+            table.add_row(corpus, str(entry["n_curves"]), entry["name"],
+                          f"{100 * entry['token_savings_mean']:.1f}", f"{100 * entry['em_loss_mean']:.2f}",
+                          f"{100 * entry['em_loss_p95']:.2f}", "-" if share is None else f"{share:.2f}",
+                          end_section=i == len(data["policies"]) - 1)
+    console.print(table)
+    checks = Table(title="targets (metastop at the shipped default price)")
+    for column in ("corpus", "savings >= patience-5", "loss mean <= 0.5 pt", "loss p95 <= 2 pt",
+                   "frontier dominates patience", "oracle gain share >= 0.9 (default / best on frontier)",
+                   "s per 1000 curves"):
+        checks.add_column(column)
+    for corpus, data in results.items():
+        t = data["targets"]
+        marks = ["yes" if ok else "NO" for ok in t["checks"].values()]
+        best = t["best_share_on_frontier"]
+        marks[-1] += f" ({_fmt(t['share_of_oracle_gain_default'])} / {_fmt(best)})"
+        label = corpus if t["applies"] else f"{corpus} (info only)"
+        checks.add_row(label, *marks, str(data["wall_s_per_1000_curves_default_policy"]))
+    console.print(checks)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", action="append", choices=sorted(CORPORA),
+                        help="corpora to run (default: every one whose file exists)")
+    parser.add_argument("--limit", type=int, default=1000,
+                        help="held-out curves sampled per corpus (0: all); default 1000")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "bench_stopping.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from metastop.cli import write_json
+    from metastop.predictor import Predictor
+    from metastop.runtime import DEFAULT_PRICE, DEFAULT_RISK
+
+    predictor = Predictor.load(args.model)
+    names = args.corpus or [n for n, (path, _, _) in CORPORA.items() if path.exists()]
+    missing = [n for n in CORPORA if n not in names]
+    results = {}
+    for name in names:
+        print(f"{name}: backtesting held-out curves ...", file=sys.stderr, flush=True)
+        results[name] = bench_corpus(name, predictor, args.limit or None, args.seed)
+    report = {"settings": {"price": DEFAULT_PRICE.to_dict(), "risk": DEFAULT_RISK,
+                           "limit": args.limit, "seed": args.seed, "model": args.model or "models/default",
+                           "targets": TARGETS, "skipped_corpora": missing},
+              "corpora": results}
+    write_json(report, args.out)
+    print_table(results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

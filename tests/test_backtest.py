@@ -1,0 +1,379 @@
+"""Backtest arithmetic on hand-computed tiny cases, and the replay's no-peeking guarantee."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from metastop.backtest import (
+    Comparison, CurveOutcome, Frontier, FrontierPoint, PolicyReport, backtest, compare,
+    contract_problems, frontier, never_stop, oracle, oracle_stop, outcome, p95,
+    prediction_report, replay, report_json,
+)
+from metastop.curves import Curve
+from metastop.decision import Decision, Reason
+from metastop.errors import ParameterError
+from metastop.prediction import Prediction
+
+
+def _decision(curve: Curve, stop: bool) -> Decision:
+    return Decision(stop=stop, reason=Reason.GAIN_BELOW_COST if stop else Reason.IMPROVING,
+                    message="test", tokens=float(curve.tokens[-1]),
+                    value=float(curve.values[-1]), best=curve.best)
+
+
+class StopAt:
+    """Stops once the curve has ``k`` points (after point ``k - 1``)."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.name = f"stop-at-{k}"
+        self.params = {"k": k}
+
+    def decide(self, curve: Curve) -> Decision:
+        return _decision(curve, len(curve) >= self.k)
+
+
+class SimplePatience:
+    """Stops after ``patience`` evaluations without a new best score (test stand-in)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.name = "patience"
+        self.params = {"patience": patience}
+
+    def decide(self, curve: Curve) -> Decision:
+        since_best = len(curve) - 1 - curve.best_index
+        return _decision(curve, since_best >= self.patience)
+
+
+class Recorder:
+    """Records the prefix lengths it is shown; stops never; counts batched calls."""
+
+    def __init__(self):
+        self.name, self.params = "recorder", {}
+        self.seen: dict[str, list[int]] = {}
+        self.batches = 0
+
+    def decide(self, curve: Curve) -> Decision:
+        self.seen.setdefault(curve.curve_id, []).append(len(curve))
+        return _decision(curve, False)
+
+    def decide_many(self, curves):
+        self.batches += 1
+        return [self.decide(c) for c in curves]
+
+
+CURVE = Curve("c", tokens=[10, 20, 30, 40, 50], values=[0.1, 0.4, 0.3, 0.35, 0.5], task="t")
+
+
+# --- one curve -----------------------------------------------------------------------------
+@pytest.mark.parametrize("stop, savings, best_loss, last_loss", [
+    (0, 0.8, 0.4, 0.4),
+    (1, 0.6, 0.1, 0.1),
+    (2, 0.4, 0.1, 0.2),     # keep-best restores 0.4; keep-last delivers 0.3
+    (3, 0.2, 0.1, 0.15),
+    (4, 0.0, 0.0, 0.0),
+])
+def test_outcome_savings_and_losses(stop, savings, best_loss, last_loss):
+    best = outcome(CURVE, stop, keep="best")
+    last = outcome(CURVE, stop, keep="last")
+    assert best.token_savings == pytest.approx(savings)
+    assert best.em_loss == pytest.approx(best_loss)
+    assert last.em_loss == pytest.approx(last_loss)
+    assert best.stopped == (stop < 4)
+
+
+def test_keep_last_loss_can_be_negative_and_keep_best_never_is():
+    falls = Curve("f", tokens=[1, 2, 3], values=[0.2, 0.6, 0.5])
+    assert outcome(falls, 1, keep="last").em_loss == pytest.approx(-0.1)
+    assert all(outcome(falls, s).em_loss >= 0 for s in range(3))
+
+
+def test_minimize_metric_loss_is_in_metric_units_and_non_negative():
+    loss = Curve("l", tokens=[1, 2, 3, 4], values=[5.0, 3.0, 3.5, 2.0], direction="minimize")
+    o = outcome(loss, 2)
+    assert o.em_loss == pytest.approx(1.0)        # delivered 3.0 against the best 2.0
+    assert outcome(loss, 2, keep="last").em_loss == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("price, keep, expected", [
+    (0.0, "best", 4),       # free tokens: run to the best point
+    (10.0, "best", 4),      # U = 6, 36, 34, 27, 40
+    (40.0, "best", 1),      # U = 2, 24, 16, 8, 10
+    (1000.0, "best", 0),    # tokens cost more than any gain
+    (40.0, "last", 1),
+])
+def test_oracle_stop_index(price, keep, expected):
+    assert oracle_stop(CURVE, price, keep=keep) == expected
+
+
+def test_utility_formula():
+    o = outcome(CURVE, 1)
+    assert o.utility(40.0) == pytest.approx(100 * 0.4 - 40 * 0.4)
+
+
+def test_oracle_beats_every_stop_index_in_utility():
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        c = Curve(f"r{i}", tokens=np.arange(1, 12), values=rng.random(11))
+        best = oracle_stop(c, 15.0)
+        utilities = [outcome(c, s).utility(15.0) for s in range(len(c))]
+        assert utilities[best] == pytest.approx(max(utilities))
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ParameterError, match="keep must be one of"):
+        outcome(CURVE, 1, keep="median")
+    with pytest.raises(ParameterError, match="stop_index must be in"):
+        outcome(CURVE, 5)
+    with pytest.raises(ParameterError, match="price must be"):
+        oracle_stop(CURVE, -1.0)
+
+
+# --- summaries -------------------------------------------------------------------------------
+def test_p95_matches_hand_computation():
+    values = np.arange(21, dtype=float)          # 0..20: 95th percentile at rank 19
+    assert p95(values) == pytest.approx(19.0)
+    assert p95(np.array([0.0, 0.0, 0.0, 1.0])) == pytest.approx(0.85)
+    assert math.isnan(p95(np.array([])))
+
+
+def test_report_means_and_p95():
+    outcomes = [CurveOutcome(f"c{i}", None, 5, 1, 0.5, 0.5 - loss, 0.5)
+                for i, loss in enumerate([0.0, 0.0, 0.0, 0.1])]
+    report = PolicyReport.from_outcomes("p", {"x": 1}, outcomes)
+    assert report.token_savings_mean == pytest.approx(0.5)
+    assert report.em_loss_mean == pytest.approx(0.025)
+    assert report.em_loss_p95 == pytest.approx(0.085)
+    assert report.n_curves == 4
+    assert report.utility_mean(10.0) == pytest.approx(100 * (0.5 - 0.025) - 5.0)
+
+
+CURVES = [
+    CURVE,
+    Curve("flat", tokens=[1, 2, 3, 4, 5, 6], values=[0.5, 0.5, 0.5, 0.5, 0.5, 0.5], task="t"),
+    Curve("late", tokens=[1, 2, 3, 4, 5, 6], values=[0.1, 0.2, 0.2, 0.2, 0.2, 0.9], task="u"),
+    Curve("one", tokens=[7], values=[0.3], task="u"),
+]
+
+
+def test_backtest_with_patience_by_hand():
+    report = backtest(CURVES, SimplePatience(2))
+    stops = {o.curve_id: o.stop_index for o in report.outcomes}
+    # CURVE: best at 1, stop when 2 points since -> index 3; flat: best at 0 -> index 2;
+    # late: best first reached at 1 -> index 3; one: a single point never stops.
+    assert stops == {"c": 3, "flat": 2, "late": 3, "one": 0}
+    losses = {o.curve_id: o.em_loss for o in report.outcomes}
+    assert losses == pytest.approx({"c": 0.1, "flat": 0.0, "late": 0.7, "one": 0.0})
+    assert report.token_savings_mean == pytest.approx((0.2 + 0.5 + 2 / 6 + 0.0) / 4)
+    assert report.params == {"patience": 2}
+    assert {o.reason for o in report.outcomes} == {Reason.GAIN_BELOW_COST.value, None}
+
+
+def test_by_task_breakdown():
+    tasks = backtest(CURVES, SimplePatience(2)).by_task()
+    assert set(tasks) == {"t", "u"}
+    assert tasks["t"].n_curves == 2 and tasks["u"].n_curves == 2
+    assert tasks["u"].em_loss_mean == pytest.approx(0.35)
+
+
+def test_policy_never_receives_more_points_than_the_step():
+    recorder = Recorder()
+    backtest(CURVES, recorder)
+    for curve in CURVES:
+        assert recorder.seen.get(curve.curve_id, []) == list(range(1, len(curve)))
+    assert recorder.batches == max(len(c) for c in CURVES) - 1   # one batch per step index
+
+
+def test_stopped_curves_are_not_asked_again():
+    class Counting(StopAt):
+        calls = 0
+
+        def decide(self, curve):
+            Counting.calls += 1
+            return super().decide(curve)
+
+    backtest(CURVES, Counting(2))
+    assert Counting.calls == 6   # three curves of more than one point, asked at steps 0 and 1 only
+
+
+def test_progress_reaches_the_total():
+    seen = []
+    backtest(CURVES, SimplePatience(2), progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == sum(len(c) - 1 for c in CURVES)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_replay_without_decide_many_uses_decide():
+    stops = replay(CURVES, StopAt(3))
+    assert [s for s, _ in stops] == [2, 2, 2, 0]
+
+
+def test_oracle_and_never_reports():
+    o = oracle(CURVES, 40.0)
+    assert o.name == "oracle" and o.params == {"price": 40.0}
+    assert [x.stop_index for x in o.outcomes][0] == 1
+    never = never_stop(CURVES)
+    assert never.token_savings_mean == 0.0 and never.em_loss_mean == 0.0
+    for policy in (SimplePatience(1), SimplePatience(3), StopAt(2)):
+        assert oracle(CURVES, 40.0).utility_mean(40.0) >= backtest(CURVES, policy).utility_mean(40.0)
+
+
+# --- frontier ---------------------------------------------------------------------------------
+def test_frontier_bookkeeping_is_monotone():
+    f = frontier(CURVES, SimplePatience, [1, 2, 3, 4], name="patience")
+    assert f.name == "patience" and [p.params["patience"] for p in f.points] == [1, 2, 3, 4]
+    savings = [p.token_savings_mean for p in f.points]
+    losses = [p.em_loss_mean for p in f.points]
+    # more patience never saves more and never loses more EM (keep-best)
+    assert savings == sorted(savings, reverse=True)
+    assert losses == sorted(losses, reverse=True)
+    pareto = f.pareto()
+    xs = [p.token_savings_mean for p in pareto]
+    ys = [p.em_loss_mean for p in pareto]
+    assert xs == sorted(xs) and ys == sorted(ys)
+
+
+def test_frontier_pareto_and_dominance():
+    pts = [FrontierPoint({"v": v}, s, l, l, 10) for v, (s, l) in
+           enumerate([(0.1, 0.0), (0.3, 0.01), (0.2, 0.02), (0.5, 0.05)])]
+    f = Frontier("x", tuple(pts))
+    assert [p.params["v"] for p in f.pareto()] == [0, 1, 3]     # (0.2, 0.02) is dominated
+    assert f.loss_at(0.05) == 0.0
+    assert f.loss_at(0.4) == pytest.approx(0.03)                 # halfway from 0.01 to 0.05
+    assert f.loss_at(0.6) == math.inf
+    assert f.dominates(0.2, 0.02) and not f.dominates(0.5, 0.04)
+
+
+# --- paired comparison ---------------------------------------------------------------------
+def test_compare_is_paired_and_reproducible_with_seed():
+    rng = np.random.default_rng(0)
+    curves = [Curve(f"r{i}", tokens=np.arange(1, 16), values=np.cumsum(rng.random(15)) / 15)
+              for i in range(40)]
+    a, b = backtest(curves, StopAt(5)), backtest(curves, StopAt(10))
+    c1, c2 = compare(a, b, seed=7), compare(a, b, seed=7)
+    assert isinstance(c1, Comparison) and c1 == c2
+    assert c1.savings_diff == pytest.approx(a.token_savings_mean - b.token_savings_mean)
+    assert c1.loss_diff == pytest.approx(a.em_loss_mean - b.em_loss_mean)
+    assert c1.savings_ci[0] <= c1.savings_diff <= c1.savings_ci[1]
+    assert c1.loss_ci[0] <= c1.loss_diff <= c1.loss_ci[1]
+    assert compare(a, b, seed=8).loss_ci != c1.loss_ci
+    assert compare(a, a).loss_ci == (0.0, 0.0)
+
+
+def test_compare_rejects_different_curves():
+    a = backtest(CURVES, StopAt(2))
+    b = backtest(CURVES[:2], StopAt(2))
+    with pytest.raises(ParameterError, match="same curves"):
+        compare(a, b)
+
+
+# --- prediction quality and the JSON contract ----------------------------------------------
+class LastValuePredictor:
+    """Predicts the last seen score everywhere, with a fixed +-0.1 band."""
+
+    def predict(self, curve, horizons=None):
+        horizons = np.asarray(horizons if horizons is not None else [curve.budget], float)
+        last = float(curve.scores[-1])
+        scores = np.tile([last - 0.1, last, last + 0.1], (len(horizons), 1))
+        return Prediction(curve.curve_id, float(curve.tokens[-1]), horizons, (0.1, 0.5, 0.9), scores)
+
+
+def test_prediction_report_by_hand():
+    c = Curve("c", tokens=[10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+              values=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.65])
+    r = prediction_report([c], LastValuePredictor())
+    # f=0.1: seen [0.0] -> |0 - 0.65|; f=0.25: [.., 0.1]; f=0.5: [.., 0.4]
+    assert r.mae_at == pytest.approx({0.1: 0.65, 0.25: 0.55, 0.5: 0.25})
+    assert r.coverage_80 == 0.0
+    assert r.to_dict()["mae_at"].keys() == {"0.1", "0.25", "0.5"}
+
+
+def test_report_json_has_the_contract_keys():
+    reports = [backtest(CURVES, SimplePatience(p)) for p in (1, 2)]
+    data = report_json(n_curves=len(CURVES), prediction=prediction_report(CURVES, LastValuePredictor()),
+                       policies=reports + [oracle(CURVES, 20.0)],
+                       frontiers={"patience": frontier(CURVES, SimplePatience, [1, 2])})
+    assert contract_problems(data) == []
+    assert data["n_curves"] == 4
+    assert data["policies"][2]["name"] == "oracle"
+    assert set(data["frontier"]["patience"][0]) >= {"params", "token_savings_mean", "em_loss_mean"}
+    with pytest.raises(ParameterError, match="contract key"):
+        report_json(n_curves=1, prediction=None, policies=[], frontiers={}, extra={"policies": 1})
+    assert contract_problems({"n_curves": 1}) == ["prediction", "policies", "frontier",
+                                                  "prediction.mae_at", "prediction.coverage_80",
+                                                  "prediction.mae_at.0.1", "prediction.mae_at.0.25",
+                                                  "prediction.mae_at.0.5"]
+
+
+# --- prices, the policy names and the suite --------------------------------------------------
+def test_oracle_with_a_price_object_equals_its_full_budget_price():
+    from metastop.prices import Price
+
+    for f in (0.01, 0.025, 0.05):
+        assert oracle_stop(CURVE, Price.fraction_of_budget(f)) == oracle_stop(CURVE, 1 / f)
+    o = outcome(CURVE, 1)
+    assert o.utility(Price.fraction_of_budget(0.025)) == pytest.approx(o.utility(40.0))
+    # a token price: one point is worth 10 tokens, the run's 50 tokens are worth 5 points
+    assert oracle_stop(CURVE, Price.tokens(10)) == oracle_stop(CURVE, 5.0)
+
+
+def test_make_policy_names():
+    from metastop.backtest import make_policy
+    from metastop.policies import CostAware, ImprovementProbability, Patience
+    from metastop.runtime import DEFAULT_PRICE, DEFAULT_RISK
+
+    assert isinstance(make_policy("patience-10"), Patience)
+    metastop = make_policy("metastop", LastValuePredictor())
+    assert isinstance(metastop, CostAware)
+    assert metastop.price == DEFAULT_PRICE and metastop.risk == DEFAULT_RISK
+    assert isinstance(make_policy("improvement-probability", LastValuePredictor()),
+                      ImprovementProbability)
+    with pytest.raises(ParameterError, match="unknown policy 'median'"):
+        make_policy("median")
+    with pytest.raises(ParameterError, match="whole number"):
+        make_policy("patience-x")
+
+
+def test_caching_predictor_asks_once_per_prefix():
+    from metastop.backtest import CachingPredictor
+
+    class Counting(LastValuePredictor):
+        calls = 0
+
+        def predict(self, curve, horizons=None):
+            Counting.calls += 1
+            return super().predict(curve, horizons)
+
+    cached = CachingPredictor(Counting())
+    h = np.array([50.0])
+    first = cached.predict_many([CURVE.prefix(2), CURVE.prefix(3)], horizons=[h, h])
+    again = cached.predict_many([CURVE.prefix(3), CURVE.prefix(2)], horizons=[h, h])
+    assert Counting.calls == 2 and again[0] is first[1]
+    cached.predict(CURVE.prefix(2), horizons=np.array([40.0, 50.0]))   # new horizons: new call
+    assert Counting.calls == 3 and (cached.hits, cached.misses) == (2, 3)
+
+
+def test_run_suite_json_and_utility():
+    from metastop.backtest import STANDARD_POLICIES, run_suite
+
+    rng = np.random.default_rng(1)
+    curves = [Curve(f"r{i}", tokens=np.arange(1, 21) * 1e6,
+                    values=np.clip(np.cumsum(rng.random(20)) / 20 + rng.normal(0, 0.01, 20), 0, 1),
+                    task=f"t{i % 2}") for i in range(12)]
+    progress = []
+    suite = run_suite(curves, LastValuePredictor(), progress=lambda d, t: progress.append((d, t)))
+    data = suite.to_json()
+    assert contract_problems(data) == []
+    assert [p["name"] for p in data["policies"]] == list(STANDARD_POLICIES)
+    assert set(data["frontier"]) == {"metastop", "patience", "improvement-probability", "oracle"}
+    assert len(data["frontier"]["patience"]) == 9
+    utility = data["utility"]["policies"]
+    assert utility["oracle"]["share_of_oracle_gain"] == pytest.approx(1.0)
+    for name in STANDARD_POLICIES:
+        assert utility[name]["utility_mean"] <= utility["oracle"]["utility_mean"] + 1e-9
+    assert progress[-1][0] == progress[-1][1]
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)

@@ -1,0 +1,456 @@
+"""Readers: long tables, Hugging Face trainer_state.json, TensorBoard events, wide exports,
+LCDB mapping, many sources, and the ``metastop ingest`` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from metastop.cli import main
+from metastop.curves import CurveSet
+from metastop.errors import CurveError, ParameterError, ReadError
+from metastop.ingest import (detect_format, is_bounded_metric, lcdb_frame, metric_direction,
+                             read_curves, read_sources, read_tensorboard, read_trainer_state)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TRAINER_STATE = FIXTURES / "trainer_run" / "trainer_state.json"
+TRAINER_EVENTS = FIXTURES / "trainer_run" / "runs"
+
+
+def trainer_state(tmp_path: Path, edit=None, name: str = "run1") -> Path:
+    """A copy of the fixture's trainer_state.json, optionally edited, in ``tmp_path/name``."""
+    state = json.loads(TRAINER_STATE.read_text())
+    if edit is not None:
+        edit(state)
+    path = tmp_path / name / "trainer_state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state))
+    return path
+
+
+def eval_rows(state: dict) -> list[int]:
+    return [i for i, e in enumerate(state["log_history"]) if "eval_exact_match" in e]
+
+
+# --- Hugging Face trainer_state.json ----------------------------------------------------------
+def test_trainer_state_em_on_0_100_is_stored_on_0_1_with_tokens_seen():
+    state = json.loads(TRAINER_STATE.read_text())
+    logged = [e for e in state["log_history"] if "eval_exact_match" in e]
+    curves = read_curves(TRAINER_STATE)
+    assert detect_format(TRAINER_STATE) == "trainer_state"
+    (curve,) = curves
+    assert curve.curve_id == "trainer_run/eval_exact_match"
+    assert curve.metric == "exact_match" and curve.direction == "maximize"
+    np.testing.assert_allclose(curve.values, [e["eval_exact_match"] / 100 for e in logged])
+    np.testing.assert_array_equal(curve.tokens, [e["num_input_tokens_seen"] for e in logged])
+    assert curve.meta["scale_original"] == 100
+    assert max(e["eval_exact_match"] for e in logged) > 1  # the fixture really is on 0-100
+    # max_steps x (tokens seen / global_step)
+    assert curve.budget == state["max_steps"] * state["num_input_tokens_seen"] / state["global_step"]
+
+
+def test_trainer_state_loss_is_minimized_and_metric_accepts_either_name(tmp_path):
+    by_short = read_curves(TRAINER_STATE, metric="loss")
+    by_key = read_curves(TRAINER_STATE, metric="eval_loss")
+    assert by_short[0].curve_id == by_key[0].curve_id == "trainer_run/eval_loss"
+    assert by_short[0].direction == "minimize" and "scale_original" not in by_short[0].meta
+
+
+def test_trainer_state_directory_and_run_id_option():
+    assert read_curves(TRAINER_STATE.parent)[0].curve_id == "trainer_run/eval_exact_match"
+    assert read_trainer_state(TRAINER_STATE, run_id="mine")[0].run_id == "mine"
+
+
+def test_trainer_state_without_token_counts_needs_tokens_per_step(tmp_path):
+    def strip(state):
+        for entry in state["log_history"]:
+            entry.pop("num_input_tokens_seen", None)
+    path = trainer_state(tmp_path, strip)
+    with pytest.raises(CurveError, match=r"trainer_state.json: log_history \(eval_exact_match\) "
+                                         r"has steps but no token counts: pass tokens_per_step="):
+        read_curves(path)
+    curve = read_curves(path, tokens_per_step=1000)[0]
+    steps = [e["step"] for e in json.loads(path.read_text())["log_history"] if "eval_exact_match" in e]
+    np.testing.assert_array_equal(curve.tokens, np.array(steps) * 1000.0)
+    assert curve.budget == 40 * 1000  # max_steps x tokens_per_step
+
+
+def test_trainer_state_picks_eval_em_and_lists_metrics_when_none_fits(tmp_path):
+    def rename(state):
+        for entry in state["log_history"]:
+            if "eval_exact_match" in entry:
+                entry["eval_em"] = entry.pop("eval_exact_match")
+    assert read_curves(trainer_state(tmp_path, rename))[0].metric == "em"
+    with pytest.raises(CurveError, match=r"no 'bleu'; eval metrics present: \['eval_em', 'eval_loss'\]"):
+        read_curves(trainer_state(tmp_path, rename), metric="bleu")
+
+
+def test_trainer_state_em_that_never_exceeds_1_needs_scale(tmp_path):
+    def tiny(state):
+        for entry in state["log_history"]:
+            if "eval_exact_match" in entry:
+                entry["eval_exact_match"] = 0.5
+    path = trainer_state(tmp_path, tiny)
+    assert read_curves(path)[0].values[0] == 0.5
+    assert read_curves(path, scale=100)[0].values[0] == 0.005
+    with pytest.raises(ParameterError, match=r"scale must be 1, 100 or None"):
+        read_curves(path, scale=10)
+
+
+def test_trainer_state_bad_values_name_the_log_history_row(tmp_path):
+    def nan_and_dup(state):
+        rows = eval_rows(state)
+        state["log_history"][rows[2]]["eval_exact_match"] = float("nan")
+    path = trainer_state(tmp_path, nan_and_dup)
+    row = eval_rows(json.loads(TRAINER_STATE.read_text()))[2]
+    with pytest.raises(CurveError, match=rf"trainer_state.json, curve 'run1/eval_exact_match', "
+                                         rf"row {row}: value must be finite"):
+        read_curves(path)
+
+
+def test_trainer_state_repeated_final_eval_collapses_but_conflict_is_an_error(tmp_path):
+    def repeat(state):
+        state["log_history"].append(dict(state["log_history"][eval_rows(state)[-1]]))
+    assert len(read_curves(trainer_state(tmp_path, repeat))[0]) == 8
+
+    def conflict(state):
+        entry = dict(state["log_history"][eval_rows(state)[-1]])
+        entry["eval_exact_match"] = 12.5
+        state["log_history"].append(entry)
+    path = trainer_state(tmp_path, conflict)
+    last = len(json.loads(path.read_text())["log_history"]) - 1
+    with pytest.raises(CurveError, match=rf"row {last}: duplicate point"):
+        read_curves(path)
+
+
+def test_trainer_state_tokens_that_go_backwards_are_an_error(tmp_path):
+    def backwards(state):
+        rows = eval_rows(state)
+        state["log_history"][rows[3]]["num_input_tokens_seen"] = 1
+    with pytest.raises(CurveError, match=r"tokens must strictly increase"):
+        read_curves(trainer_state(tmp_path, backwards))
+
+
+@pytest.mark.parametrize("text, error, rule", [
+    ('{"log_history": [', ReadError, r"trainer_state.json: malformed JSON"),
+    ("\xff\xfe", ReadError, r"malformed JSON"),
+    ('{"global_step": 3}', CurveError, r"must be a JSON object with a 'log_history' list"),
+    ('[1, 2]', CurveError, r"'log_history' list"),
+    ('{"log_history": [{"eval_exact_match": 50, "step": "five"}]}', CurveError,
+     r"row 0: step must be a number, got 'five'"),
+    ('{"log_history": [{"loss": 1.0, "step": 1}]}', CurveError,
+     r"no an exact-match metric .*eval metrics present: none"),
+])
+def test_trainer_state_malformed(tmp_path, text, error, rule):
+    path = tmp_path / "trainer_state.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(error, match=rule):
+        read_curves(path)
+
+
+@pytest.mark.slow
+def test_a_real_trainer_run_reads_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    import make_fixtures
+
+    state_path = make_fixtures.train(tmp_path / "tiny")
+    curve = read_curves(state_path)[0]
+    assert len(curve) == make_fixtures.MAX_STEPS // make_fixtures.EVAL_STEPS
+    assert curve.meta["scale_original"] == 100 and 0 <= curve.values.min() <= curve.values.max() <= 1
+    events = read_curves(tmp_path / "tiny" / "runs")[0]
+    np.testing.assert_allclose(events.values, curve.values, atol=1e-6)  # float32 in events
+    np.testing.assert_array_equal(events.tokens, curve.tokens)
+
+
+# --- TensorBoard ----------------------------------------------------------------------------------
+def write_events(directory: Path, scalars: dict[str, list[tuple[int, float]]]) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(directory))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, global_step=step)
+    writer.close()
+    return directory
+
+
+EM_POINTS = [(100, 5.0), (200, 30.0), (300, 55.0), (400, 60.0)]
+
+
+def test_tensorboard_events_from_summary_writer(tmp_path):
+    logdir = write_events(tmp_path / "runA", {"eval/exact_match": EM_POINTS,
+                                              "train/loss": [(50, 3.0), (100, 2.0)]})
+    assert detect_format(logdir) == "tensorboard"
+    (curve,) = read_curves(logdir, tokens_per_step=2048)
+    assert curve.curve_id == "runA/eval/exact_match" and curve.metric == "exact_match"
+    np.testing.assert_array_equal(curve.tokens, [s * 2048.0 for s, _ in EM_POINTS])
+    np.testing.assert_allclose(curve.values, [v / 100 for _, v in EM_POINTS])
+    assert curve.meta["scale_original"] == 100
+    event_file = next(logdir.iterdir())
+    assert detect_format(event_file) == "tensorboard"
+    loss = read_curves(event_file, metric="train/loss", tokens_per_step=1)[0]
+    assert loss.direction == "minimize" and list(loss.tokens) == [50.0, 100.0]
+
+
+def test_tensorboard_needs_tokens_and_names_missing_tags(tmp_path):
+    logdir = write_events(tmp_path / "runA", {"eval/exact_match": EM_POINTS})
+    with pytest.raises(CurveError, match=r"tag 'eval/exact_match' has steps but no token counts"):
+        read_curves(logdir)
+    with pytest.raises(CurveError, match=r"no tag 'bleu'; scalar tags present: \['eval/exact_match'\]"):
+        read_curves(logdir, metric="bleu", tokens_per_step=1)
+    with pytest.raises(CurveError, match=r"tokens_tag 'toks' is not a scalar tag"):
+        read_tensorboard(logdir, tokens_tag="toks")
+    with pytest.raises(ParameterError, match=r"tokens_per_step must be a finite number > 0"):
+        read_curves(logdir, tokens_per_step=0)
+
+
+def test_tensorboard_tokens_tag_and_several_runs(tmp_path):
+    tokens = [(s, s * 100.0) for s, _ in EM_POINTS]
+    write_events(tmp_path / "logs" / "a", {"eval/exact_match": EM_POINTS, "train/tokens": tokens})
+    write_events(tmp_path / "logs" / "b", {"eval/exact_match": EM_POINTS[:2], "train/tokens": tokens})
+    curves = read_curves(tmp_path / "logs", tokens_tag="train/tokens")
+    assert curves.ids == ["a/eval/exact_match", "b/eval/exact_match"]
+    np.testing.assert_array_equal(curves[0].tokens, [s * 100.0 for s, _ in EM_POINTS])
+
+
+def test_tensorboard_from_the_hf_trainer_uses_its_token_counts():
+    state = read_curves(TRAINER_STATE)[0]
+    (curve,) = read_curves(TRAINER_EVENTS)
+    np.testing.assert_array_equal(curve.tokens, state.tokens)
+    np.testing.assert_allclose(curve.values, state.values, atol=1e-6)
+    with pytest.raises(CurveError, match=r"2 tags match 'loss': \['eval/loss', 'train/loss'\]"):
+        read_curves(TRAINER_EVENTS, metric="loss")
+
+
+def test_tensorboard_corrupt_or_empty_files(tmp_path):
+    empty = tmp_path / "events.out.tfevents.1.host"
+    empty.write_bytes(b"")
+    with pytest.raises(CurveError, match=r"no an exact-match tag .*scalar tags present: none"):
+        read_curves(empty)
+    (tmp_path / "nothing_here").mkdir()
+    with pytest.raises(ReadError, match=r"nothing_here: a directory without trainer_state.json"):
+        read_curves(tmp_path / "nothing_here")
+
+
+def test_tensorboard_truncated_file_keeps_what_was_complete_or_fails_cleanly(tmp_path):
+    logdir = write_events(tmp_path / "run", {"eval/exact_match": EM_POINTS})
+    event_file = next(logdir.iterdir())
+    data = event_file.read_bytes()
+    event_file.write_bytes(data[: len(data) - 7])
+    curves = read_curves(logdir, tokens_per_step=1)
+    assert len(curves[0]) == len(EM_POINTS) - 1  # the torn last record is not read
+
+
+# --- wide exports ------------------------------------------------------------------------------
+def test_wandb_export_columns_become_curves_and_empty_cells_are_skipped(tmp_path):
+    path = tmp_path / "wandb_export.csv"
+    pd.DataFrame({
+        "Step": [100, 200, 300, 400],
+        "run-a - eval/exact_match": [10.0, None, 40.0, 50.0],
+        "run-a - eval/exact_match__MIN": [10.0, None, 40.0, 50.0],
+        "run-a - eval/exact_match__MAX": [10.0, None, 40.0, 50.0],
+        "run-b - eval/exact_match": [0.1, 0.2, 0.3, None],
+    }).to_csv(path, index=False)
+    assert detect_format(path) == "wide"
+    curves = read_curves(path, tokens_per_step=10)
+    assert curves.ids == ["run-a/eval/exact_match", "run-b/eval/exact_match"]
+    np.testing.assert_array_equal(curves[0].tokens, [1000.0, 3000.0, 4000.0])
+    np.testing.assert_allclose(curves[0].values, [0.1, 0.4, 0.5])
+    assert curves[0].meta["scale_original"] == 100 and "scale_original" not in curves[1].meta
+    assert curves[0].run_id == "run-a"
+
+
+def test_mlflow_style_export_with_metrics_at_different_steps(tmp_path):
+    path = tmp_path / "metrics.csv"
+    pd.DataFrame({"step": [1, 2, 3, 4], "timestamp": [0, 1, 2, 3], "epoch": [0, 0, 1, 1],
+                  "eval_loss": [2.0, None, 1.5, None], "train_loss": [3.0, 2.5, 2.2, 2.0]}
+                 ).to_csv(path, index=False)
+    curves = read_curves(path, tokens_per_step=1)
+    assert curves.ids == ["metrics/eval_loss", "metrics/train_loss"]
+    assert all(c.direction == "minimize" for c in curves)
+    assert [len(c) for c in curves] == [2, 4]
+    assert read_curves(path, tokens_per_step=1, metric="loss").ids == ["metrics/eval_loss"]
+
+
+def test_wide_export_errors_name_file_curve_and_row(tmp_path):
+    path = tmp_path / "w.csv"
+    pd.DataFrame({"step": [1, 2, 3], "em": [0.1, "oops", 0.3]}).to_csv(path, index=False)
+    with pytest.raises(CurveError, match=r"w.csv, curve 'w/em', row 1: value must be a number, got 'oops'"):
+        read_curves(path, tokens_per_step=1)
+    pd.DataFrame({"step": [1, 1, 3], "em": [0.1, 0.2, 0.3]}).to_csv(path, index=False)
+    with pytest.raises(CurveError, match=r"curve 'w/em', row 1: duplicate point"):
+        read_curves(path, tokens_per_step=1)
+    with pytest.raises(CurveError, match=r"the wide export has steps but no token counts"):
+        read_curves(path)
+    pd.DataFrame({"step": [1, 2], "em": [None, None]}).to_csv(path, index=False)
+    with pytest.raises(CurveError, match=r"every metric cell is empty"):
+        read_curves(path, tokens_per_step=1)
+
+
+def test_wide_export_uses_a_tokens_column(tmp_path):
+    path = tmp_path / "w.csv"
+    pd.DataFrame({"step": [1, 2], "num_input_tokens_seen": [500, 900], "acc": [0.5, 0.6]}
+                 ).to_csv(path, index=False)
+    curve = read_curves(path)[0]
+    assert list(curve.tokens) == [500.0, 900.0] and curve.metric == "acc"
+
+
+# --- long tables and detection -----------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_long_tables_of_each_format(tmp_path, suffix):
+    frame = pd.DataFrame({"curve_id": ["a", "a", "b"], "tokens": [1, 2, 1], "value": [0.1, 0.2, 0.3],
+                          "metric": "accuracy", "learner": ["x", "x", "y"]})
+    path = tmp_path / f"t{suffix}"
+    {".csv": lambda p: frame.to_csv(p, index=False), ".parquet": lambda p: frame.to_parquet(p),
+     ".jsonl": lambda p: frame.to_json(p, orient="records", lines=True)}[suffix](path)
+    curves = read_curves(path)
+    assert detect_format(path) == "long" and curves.ids == ["a", "b"]
+    assert curves["b"].meta == {"learner": "y"}
+
+
+def test_long_table_step_axis_and_total_steps_budget(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"curve_id": ["a", "a"], "step": [10, 20], "total_steps": [100, 100],
+                  "value": [2.0, 1.0], "direction": "minimize"}).to_csv(path, index=False)
+    curve = read_curves(path)[0]
+    assert list(curve.tokens) == [10.0, 20.0] and curve.budget == 100
+
+
+@pytest.mark.parametrize("name, content, error, rule", [
+    ("t.csv", b"tokens,value\n1,2\n", CurveError, r"t.csv: missing required column\(s\) \['curve_id'\]"),
+    ("t.csv", b"a,b\n1,2\n", CurveError, r"missing column: a long table needs curve_id"),
+    ("t.csv", b"", ReadError, r"t.csv: cannot be read as csv"),
+    ("t.parquet", b"PAR1garbage", ReadError, r"t.parquet: cannot be read as parquet"),
+    ("t.jsonl", b'{"curve_id": "a", "tok', ReadError, r"t.jsonl: cannot be read as jsonl"),
+    ("t.xlsx", b"whatever", ReadError, r"t.xlsx: unknown format"),
+])
+def test_bad_files_get_metastop_errors(tmp_path, name, content, error, rule):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(error, match=rule):
+        read_curves(path)
+
+
+def test_truncated_parquet_is_a_read_error(tmp_path):
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"curve_id": ["a"] * 50, "tokens": range(50), "value": 0.5}).to_parquet(path)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(ReadError, match=r"t.parquet: cannot be read as parquet"):
+        read_curves(path)
+
+
+def test_missing_file_and_unknown_options(tmp_path):
+    with pytest.raises(ReadError, match=r"nope.csv: does not exist"):
+        read_curves(tmp_path / "nope.csv")
+    with pytest.raises(ParameterError, match=r"unknown reader option\(s\) \['colour'\]"):
+        read_curves(TRAINER_STATE, colour="red")
+    with pytest.raises(ParameterError, match=r"format must be one of"):
+        read_curves(TRAINER_STATE, format="xml")
+
+
+def test_metric_names_give_direction_and_scale_kind():
+    assert metric_direction("eval_loss") == "minimize"
+    assert metric_direction("eval/perplexity") == "minimize"
+    assert metric_direction("eval_exact_match") == "maximize"
+    assert is_bounded_metric("eval_em") and is_bounded_metric("accuracy")
+    assert not is_bounded_metric("eval_loss") and not is_bounded_metric("gem_score")
+
+
+# --- LCDB ------------------------------------------------------------------------------------------
+def raw_lcdb() -> pd.DataFrame:
+    return pd.DataFrame({
+        "openmlid": [6, 6, 3, 3, 3], "learner": ["sklearn.svm.LinearSVC"] * 2 + ["SVC_rbf"] * 3,
+        "size_train": [32, 16, 16, 23, 32], "size_test": 100, "outer_seed": [1, 1, 0, 0, 0],
+        "inner_seed": [2, 2, 0, 0, 0], "score_valid": [0.7, 0.6, 0.5, 0.55, 0.6],
+        "score_train": 1.0})
+
+
+def test_lcdb_frame_maps_into_the_curve_table():
+    frame = lcdb_frame(raw_lcdb(), names={3: "kr-vs-kp"})
+    curves = CurveSet.from_frame(frame)
+    assert curves.ids == ["lcdb/3/SVC_rbf/0/0", "lcdb/6/LinearSVC/1/2"]
+    first, second = curves
+    assert (first.run_id, first.task, first.metric) == ("lcdb/3", "kr-vs-kp", "accuracy")
+    assert second.task == "openml-6"
+    np.testing.assert_array_equal(second.tokens, [16.0, 32.0])  # sorted by size_train
+    np.testing.assert_array_equal(second.values, [0.6, 0.7])
+    assert second.meta == {"dataset": 6, "learner": "sklearn.svm.LinearSVC", "outer_seed": 1,
+                           "inner_seed": 2}
+
+
+def test_lcdb_frame_requires_its_columns():
+    with pytest.raises(CurveError, match=r"missing LCDB column\(s\) \['score_valid'\]"):
+        lcdb_frame(raw_lcdb().drop(columns="score_valid"))
+
+
+def test_shipped_corpus_files_follow_the_schema():
+    root = Path(__file__).parent.parent / "data"
+    sample = CurveSet.read(root / "sample_curves.parquet")
+    assert 30 <= len(sample) <= 40 and all(len(c) >= 4 for c in sample)
+    corpus_datasets = set(pd.read_parquet(root / "lcdb.parquet", columns=["dataset"])["dataset"])
+    assert not {c.meta["dataset"] for c in sample} & corpus_datasets
+
+
+# --- many sources and the CLI ---------------------------------------------------------------------
+def test_read_sources_skip_drops_unreadable_files_and_repeated_ids(tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_text("{nope")
+    result = read_sources([TRAINER_STATE, junk, TRAINER_STATE], on_error="skip")
+    assert len(result.curves) == 1
+    assert [s.format for s in result.sources] == ["trainer_state", None, "trainer_state"]
+    assert len(result.dropped) == 2
+    assert "junk.json: malformed JSON" in result.dropped[0]
+    assert "curve_id must be unique across sources" in result.dropped[1]
+    with pytest.raises(ReadError, match=r"junk.json: malformed JSON"):
+        read_sources([TRAINER_STATE, junk])
+
+
+def test_cli_ingest_writes_the_table_and_a_json_summary(tmp_path):
+    out, summary = tmp_path / "curves.parquet", tmp_path / "summary.json"
+    result = CliRunner().invoke(main, ["ingest", str(TRAINER_STATE), str(TRAINER_EVENTS),
+                                       "-o", str(out), "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    assert "trainer_state" in result.output and "tensorboard" in result.output
+    facts = json.loads(summary.read_text())
+    assert facts["n_curves"] == 2 and facts["n_points"] == 16 and facts["dropped"] == []
+    assert len(CurveSet.read(out)) == 2
+
+
+def test_cli_ingest_json_to_stdout_is_clean(tmp_path):
+    result = CliRunner().invoke(main, ["ingest", str(TRAINER_STATE), "-o",
+                                       str(tmp_path / "c.csv"), "--json", "-"])
+    assert json.loads(result.output)["sources"][0]["format"] == "trainer_state"
+
+
+def test_cli_ingest_fails_on_junk_and_leaves_the_old_output_untouched(tmp_path):
+    out = tmp_path / "curves.parquet"
+    out.write_bytes(b"previous")
+    junk = tmp_path / "bad.csv"
+    junk.write_text("curve_id,tokens,value\na,1,0.5\na,1,0.6\n")
+    result = CliRunner().invoke(main, ["ingest", str(TRAINER_STATE), str(junk), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "bad.csv, curve 'a', row 1: duplicate point" in result.output
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "curves.parquet"]
+
+
+def test_cli_ingest_skip_says_what_was_dropped(tmp_path):
+    junk = tmp_path / "bad.csv"
+    junk.write_text("curve_id,tokens,value\na,1,0.5\na,2,inf\nb,1,0.2\n")
+    result = CliRunner().invoke(main, ["ingest", str(junk), "--on-error", "skip",
+                                       "-o", str(tmp_path / "c.parquet")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "dropped" in result.output and "value must be finite" in result.output
+    assert CurveSet.read(tmp_path / "c.parquet").ids == ["b"]
+
+
+def test_cli_ingest_help_has_examples():
+    result = CliRunner().invoke(main, ["ingest", "--help"])
+    assert result.exit_code == 0 and "metastop ingest out/trainer_state.json" in result.output

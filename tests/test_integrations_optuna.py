@@ -1,0 +1,130 @@
+"""End-to-end: metastop's pruner inside a real Optuna study."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from metastop.errors import ParameterError  # noqa: E402
+from metastop.integrations.optuna import MetaStopPruner  # noqa: E402
+from metastop.policies import Patience  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STEPS = 10
+# Even trials plateau after step 2 (Patience(2) prunes them at step 4); odd trials keep rising.
+CURVES = {
+    "plateau": [0.1, 0.2, 0.3, 0.3, 0.3] + [0.3] * (STEPS - 5),
+    "rising": [0.05 * (s + 1) for s in range(STEPS)],
+}
+
+
+@pytest.fixture(scope="module")
+def shipped_predictor():
+    """The shipped default model (models/default); skipped until it has been trained."""
+    from metastop.errors import ModelError
+    from metastop.predictor import Predictor
+
+    try:
+        return Predictor.load()
+    except ModelError as error:
+        pytest.skip(f"the shipped predictor is not available: {error}")
+
+
+def cost_aware(predictor, tokens_per_point: float):
+    from metastop.policies import CostAware
+    from metastop.prices import Price
+
+    return CostAware(predictor, price=Price.tokens(tokens_per_point))
+
+
+def run_study(pruner, *, n_trials: int = 6, direction: str = "maximize", sign: float = 1.0):
+    reported: dict[int, int] = {}
+
+    def objective(trial):
+        curve = CURVES["plateau" if trial.number % 2 == 0 else "rising"]
+        for step, value in enumerate(curve):
+            trial.report(sign * value, step)
+            reported[trial.number] = step
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return sign * curve[-1]
+
+    study = optuna.create_study(direction=direction, pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=n_trials)
+    return study, reported
+
+
+def pruned(study) -> list[int]:
+    return [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+
+
+@pytest.mark.parametrize("direction, sign", [("maximize", 1.0), ("minimize", -1.0)])
+def test_patience_prunes_the_plateaued_trials_at_the_exact_step(direction, sign):
+    pruner = MetaStopPruner(Patience(2), budget=STEPS - 1)
+    study, reported = run_study(pruner, direction=direction, sign=sign)
+    assert pruned(study) == [0, 2, 4]
+    assert {n: reported[n] for n in (0, 2, 4)} == {0: 4, 2: 4, 4: 4}
+    assert all(reported[n] == STEPS - 1 for n in (1, 3, 5))
+    assert pruner.decisions[0].reason.value == "patience_exhausted"
+    assert pruner.decisions[0].tokens == 4.0
+
+
+def test_patient_policy_prunes_nothing_and_tokens_per_step_scales_the_curve():
+    pruner = MetaStopPruner(Patience(50), budget=1000 * (STEPS - 1), tokens_per_step=1000)
+    study, _ = run_study(pruner, n_trials=3)
+    assert pruned(study) == []
+    assert pruner.decisions[2].tokens == 1000.0 * (STEPS - 1)
+
+
+def test_non_finite_values_are_skipped_and_no_values_never_prunes():
+    pruner = MetaStopPruner(Patience(1), budget=10)
+    study = optuna.create_study()
+    trial = study.ask()
+    assert pruner.prune(study, study.trials[-1]) is False  # nothing reported yet
+    trial.report(0.5, 0)
+    trial.report(math.nan, 1)
+    assert pruner.prune(study, study.trials[-1]) is False
+    assert pruner.decisions[trial.number].tokens == 0.0
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ParameterError, match="budget must be > 0, got budget=0"):
+        MetaStopPruner(Patience(2), budget=0)
+    with pytest.raises(ParameterError, match="tokens_per_step"):
+        MetaStopPruner(Patience(2), budget=10, tokens_per_step=-1)
+
+
+def rising_study(pruner, n_trials: int = 3):
+    """Every trial reports a rising curve at steps 1..STEPS (tokens = step)."""
+    reported: dict[int, int] = {}
+
+    def objective(trial):
+        for step in range(1, STEPS + 1):
+            trial.report(0.04 * step, step)
+            reported[trial.number] = step
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 0.04 * STEPS
+
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(objective, n_trials=n_trials)
+    return study, reported
+
+
+def test_cost_aware_with_a_near_zero_price_prunes_right_after_warm_up(shipped_predictor):
+    study, reported = rising_study(MetaStopPruner(cost_aware(shipped_predictor, 1e-9), budget=STEPS))
+    assert pruned(study) == [0, 1, 2]
+    assert reported == {0: 2, 1: 2, 2: 2}  # step 1 is warm-up (one point)
+
+
+def test_cost_aware_with_a_huge_price_prunes_nothing_even_at_the_budget(shipped_predictor):
+    pruner = MetaStopPruner(cost_aware(shipped_predictor, 1e30), budget=STEPS)
+    study, reported = rising_study(pruner)
+    assert pruned(study) == []
+    assert reported == {0: STEPS, 1: STEPS, 2: STEPS}
+    assert pruner.decisions[0].reason.value == "budget_reached"  # reported, but not pruned
