@@ -16,6 +16,13 @@ _EXPORTS = {
     "MetastopError": "errors", "CurveError": "errors", "ReadError": "errors",
     "ParameterError": "errors", "ModelError": "errors", "NotFittedError": "errors",
     "read_curves": "ingest",
+    "Decision": "decision", "Reason": "decision", "Prediction": "prediction",
+    "Price": "prices", "PriceBook": "prices",
+    "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",
+    "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
+    "AllOf": "policies", "DEFAULT_PRICE": "policies", "DEFAULT_RISK": "policies",
+    "StopController": "runtime", "sync_decision": "runtime",
+    "Predictor": "predictor",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -392,7 +392,8 @@ class _TableBuilder:
         if ids.isna().any():
             row = int(np.argmax(ids.isna().to_numpy()))
             raise self.fail("curve_id must not be empty", row=row)
-        self.codes, self.names = pd.factorize(ids.astype(str), sort=False)
+        self.codes, names = pd.factorize(ids.astype(str), sort=False)
+        self.names = np.asarray(names, dtype=object)  # indexing an Index per curve is slow
         self.order = np.argsort(self.codes, kind="stable")
         self.sorted_codes = self.codes[self.order]
         self.tokens = self._numeric(self.tokens_column)[self.order]
@@ -444,7 +445,7 @@ class _TableBuilder:
                    lambda p: f"{col} must strictly increase within a curve, got {float(t[p - 1])!r} then {float(t[p])!r}")
 
     def _first_rows(self, column: str) -> np.ndarray:
-        return self.frame[column].to_numpy()[self.order[self.starts]]
+        return self.frame[column].iloc[self.order[self.starts]].to_numpy()
 
     def _curve_attributes(self) -> dict[str, np.ndarray]:
         n = len(self.starts)

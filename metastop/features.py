@@ -70,6 +70,7 @@ class PrefixBatch:
     scale: np.ndarray
     _fits: dict[str, FitBatch] | None = field(default=None, repr=False)
     _extrapolated: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _lines: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.budget)
@@ -214,6 +215,12 @@ def _window(batch: PrefixBatch, k: int) -> np.ndarray:
 
 def _linear(batch: PrefixBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Slope (scale units per e-fold of cost) and residual std of the last ``k`` points."""
+    if k not in batch._lines:
+        batch._lines[k] = _fit_line(batch, k)
+    return batch._lines[k]
+
+
+def _fit_line(batch: PrefixBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
     w = _window(batch, k)
     total = np.maximum(w.sum(1, keepdims=True), 1e-300)
     w = w / total

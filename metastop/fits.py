@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Mapping
 
 import numpy as np
@@ -73,21 +74,21 @@ class Family:
     nonneg: bool
     params: Callable[[float, float, np.ndarray], dict[str, float]]
 
-    @property
+    @cached_property
     def grid(self) -> np.ndarray:
         """The coarse grid as an array of shape ``(1, m, k)``."""
         mesh = np.meshgrid(*self.axes, indexing="ij")
         return np.stack([m.ravel() for m in mesh], axis=-1)[None]
 
-    @property
+    @cached_property
     def steps(self) -> np.ndarray:
         return np.array([axis[1] - axis[0] for axis in self.axes])
 
-    @property
+    @cached_property
     def lower(self) -> np.ndarray:
         return np.array([axis[0] for axis in self.axes])
 
-    @property
+    @cached_property
     def upper(self) -> np.ndarray:
         return np.array([axis[-1] for axis in self.axes])
 
@@ -241,7 +242,7 @@ _OFFSETS = {k: np.stack(np.meshgrid(*([np.array([-1.0, 0.0, 1.0])] * k), indexin
 def _local_grid(u: np.ndarray, family: Family, width: float) -> np.ndarray:
     """A 3-per-axis grid around each curve's ``u`` (``(n, k)`` -> ``(n, 3**k, k)``)."""
     grid = u[:, None, :] + _OFFSETS[u.shape[1]][None] * (width * family.steps)
-    return np.clip(grid, family.lower, family.upper)
+    return np.minimum(np.maximum(grid, family.lower), family.upper)
 
 
 def _prepare(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None

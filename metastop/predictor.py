@@ -93,7 +93,8 @@ class Predictor:
         max_prefixes: prefixes sampled per training curve.
         max_horizons: later points sampled per prefix (the last point always included).
         calibration_share: share of groups held out to calibrate the intervals.
-        num_threads: LightGBM threads for training.
+        num_threads: LightGBM threads for training (1 by default: OpenMP threads spin and
+            slow down badly on a loaded machine).
         random_state: seed of every random choice.
 
     Example:
@@ -105,7 +106,7 @@ class Predictor:
     def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 300,
                  learning_rate: float = 0.05, num_leaves: int = 63, min_child_samples: int = 100,
                  max_prefixes: int = 6, max_horizons: int = 4, calibration_share: float = 0.2,
-                 num_threads: int = 2, random_state: int = 0):
+                 num_threads: int = 1, random_state: int = 0):
         self.quantiles = quantiles
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -219,7 +220,7 @@ class Predictor:
                                  "Predictor.load(dir) first")
 
     def _raw_predict(self, X: np.ndarray) -> np.ndarray:
-        threads = 1 if len(X) < 2000 else self.num_threads
+        threads = 1 if len(X) < 20000 else self.num_threads
         return np.stack([b.predict(X, num_threads=threads) for b in self.boosters_], axis=1)
 
     def _calibrated(self, raw: np.ndarray, fraction: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ when the command is run again, so an interrupted sweep resumes where it stopped.
 --figure it also draws example curves of each shape and prints the shape counts.
 
 Example:
-    .venv/bin/python scripts/generate_curves.py --n-runs 360 --n-jobs 2 --max-minutes 38 \\
-        --out data/em_curves.parquet --cache-dir data/.em_runs --figure data/em_curve_shapes.png
+    .venv/bin/python scripts/generate_curves.py --sweep 0:37:4 --sweep 1:300:2 --n-jobs 2 \\
+        --max-minutes 35 --out data/em_curves.parquet --figure data/em_curve_shapes.png
 """
 
 from __future__ import annotations
@@ -23,22 +23,43 @@ from metastop.generate.report import plot_shape_examples, summary_tables
 from metastop.generate.sweep import collect, run_sweep, sample_configs
 
 
+def parse_sweep(text: str) -> tuple[int, int, float]:
+    """Parse ``SEED:N_RUNS:SECONDS`` (e.g. ``0:360:4``)."""
+    try:
+        seed, n_runs, seconds = text.split(":")
+        return int(seed), int(n_runs), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--sweep must look like SEED:N_RUNS:SECONDS (e.g. 0:360:4), got {text!r}") from None
+
+
+def sweep_configs(specs: list[tuple[int, int, float]]) -> list:
+    """The configs of every sweep spec, in order, without duplicates."""
+    configs = {}
+    for seed, n_runs, seconds in specs:
+        for config in sample_configs(n_runs=n_runs, seed=seed, seconds_per_run=seconds):
+            configs.setdefault(config.run_id, config)
+    return list(configs.values())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="example: python scripts/generate_curves.py --n-runs 340 --n-jobs 2 "
-               "--max-minutes 38 --out data/em_curves.parquet",
+        epilog="example: python scripts/generate_curves.py --sweep 0:37:4 --sweep 1:300:2 "
+               "--n-jobs 2 --max-minutes 35 --out data/em_curves.parquet "
+               "--figure data/em_curve_shapes.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-runs", type=int, default=360, help="runs to draw (default 360)")
-    parser.add_argument("--seed", type=int, default=0, help="sweep seed (default 0)")
-    parser.add_argument("--seconds-per-run", type=float, default=4.0,
-                        help="target CPU seconds per run; sets step counts (default 4)")
+    parser.add_argument("--sweep", type=parse_sweep, action="append", default=None,
+                        metavar="SEED:N_RUNS:SECONDS",
+                        help="draw N_RUNS configs with sweep seed SEED, each sized to take about "
+                             "SECONDS of CPU; repeat to join sweeps (default 0:360:4)")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="parallel worker processes, one thread each (default 1)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this many minutes (default: no limit)")
-    parser.add_argument("--max-seconds-per-run", type=float, default=60.0,
-                        help="cut a run after this long; it is marked truncated (default 60)")
+    parser.add_argument("--max-seconds-per-run", type=float, default=None,
+                        help="safety cap: cut a run after this long and mark it truncated; a "
+                             "cut run depends on machine speed (default: no cap)")
     parser.add_argument("--cache-dir", default="data/.em_runs",
                         help="one finished run per file; reruns skip them (default data/.em_runs)")
     parser.add_argument("--out", default="data/em_curves.parquet",
@@ -53,8 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    configs = sample_configs(n_runs=args.n_runs, seed=args.seed,
-                             seconds_per_run=args.seconds_per_run)
+    configs = sweep_configs(args.sweep or [(0, 360, 4.0)])
     started = time.time()
 
     def progress(done: int, total: int, run_id: str, seconds: float | None) -> None:

@@ -261,3 +261,17 @@ def test_report_figure_and_tables(tmp_path):
     tables = summary_tables(curves)
     assert "| never_learns | 3 | 30% |" in tables
     assert "| plateau_then_jump | 2 | 20% |" in tables
+
+
+# --- the script --------------------------------------------------------------------------
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/generate_curves.py", *args],
+                          capture_output=True, text=True)
+
+
+def test_script_help_has_an_example_and_bad_sweep_is_named():
+    out = _script("--help")
+    assert out.returncode == 0 and "example: python scripts/generate_curves.py --sweep" in out.stdout
+    bad = _script("--sweep", "0:many:4", "--collect-only")
+    assert bad.returncode == 2
+    assert "--sweep must look like SEED:N_RUNS:SECONDS (e.g. 0:360:4), got '0:many:4'" in bad.stderr

@@ -63,7 +63,7 @@ def run_experiment(stoppers: dict, cases: list[tuple[str, str]], tmp_path) -> li
             tune.report({"exact_match": value, "tokens": i * TOKENS_PER_ITERATION})
 
     def stop(trial_id, result):  # several MetaStopStoppers in one experiment, to save time
-        return stoppers[result["config"]["stopper"]](trial_id, result)
+        return stoppers[result["config"]["case"]["stopper"]](trial_id, result)
 
     space = {"case": tune.grid_search([{"stopper": s, "kind": k} for s, k in cases])}
     tuner = tune.Tuner(lambda config: trainable(config["case"]), param_space=space,
