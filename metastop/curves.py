@@ -280,8 +280,13 @@ class CurveSet(Sequence[Curve]):
     def to_frame(self) -> pd.DataFrame:
         """The long table: one row per point, curve attributes repeated, metadata as columns."""
         lengths = np.fromiter((len(c) for c in self._curves), dtype=np.int64, count=len(self))
-        def repeat(values: list) -> np.ndarray:
-            return np.repeat(np.asarray(values, dtype=object), lengths)
+        rows = np.repeat(np.arange(len(self)), lengths)
+
+        def repeat(values: list) -> pd.Series:
+            # Tidy the per-curve values once, then repeat them per point (fast on big sets).
+            tidy = _tidy_object_column(pd.Series(values, dtype=object))
+            return tidy.take(rows).reset_index(drop=True)
+
         columns: dict[str, Any] = {
             "curve_id": repeat(self.ids),
             "tokens": np.concatenate([c.tokens for c in self._curves]) if len(self) else [],
@@ -293,10 +298,7 @@ class CurveSet(Sequence[Curve]):
         meta_keys = sorted({k for c in self._curves for k in c.meta})
         for key in meta_keys:
             columns[key] = repeat([c.meta.get(key) for c in self._curves])
-        frame = pd.DataFrame(columns)
-        for name in ["curve_id", "run_id", "task", "metric", "direction", *meta_keys]:
-            frame[name] = _tidy_object_column(frame[name])
-        return frame
+        return pd.DataFrame(columns)
 
     @classmethod
     def read(cls, path: str | os.PathLike, *, on_error: str = "fail", **options: Any) -> CurveSet:
@@ -392,7 +394,11 @@ class _TableBuilder:
         if ids.isna().any():
             row = int(np.argmax(ids.isna().to_numpy()))
             raise self.fail("curve_id must not be empty", row=row)
-        self.codes, names = pd.factorize(ids.astype(str), sort=False)
+        if isinstance(ids.dtype, pd.CategoricalDtype):  # factorize the codes, not 1 string a row
+            self.codes, names = pd.factorize(ids, sort=False)
+            names = [str(n) for n in names]
+        else:
+            self.codes, names = pd.factorize(ids.astype(str), sort=False)
         self.names = np.asarray(names, dtype=object)  # indexing an Index per curve is slow
         self.order = np.argsort(self.codes, kind="stable")
         self.sorted_codes = self.codes[self.order]
@@ -495,35 +501,41 @@ class _TableBuilder:
                              f"metric {metric!r} mixes scales: some curves reach values above 1 "
                              f"(0-100) and others stay within 0-1; convert to one scale")
 
+    def _metas(self, extra: list[str]) -> list[dict[str, Any]]:
+        """Per-curve metadata from the first row of each curve; missing cells left out."""
+        if not extra:
+            return [{} for _ in self.starts]
+        firsts = self.frame[extra].iloc[self.order[self.starts]]
+        missing = firsts.isna().to_numpy().tolist()
+        return [{k: v for (k, v), m in zip(row.items(), miss) if not m}
+                for row, miss in zip(firsts.to_dict("records"), missing)]
+
     def _assemble(self, attrs: dict[str, np.ndarray]) -> CurveSet:
         known = {"curve_id", "tokens", "value", "step", self.tokens_column, *CURVE_COLUMNS,
                  self.budget_column}
         extra = [c for c in self.frame.columns if c not in known]
-        meta_rows = (self.frame[extra].iloc[self.order[self.starts]].to_dict("records")
-                     if extra else [{} for _ in self.starts])
+        metas = self._metas(extra)
+        run_ids, tasks, metrics = (_texts(attrs[k]) for k in ("run_id", "task", "metric"))
+        directions, budgets = attrs["direction"].tolist(), attrs["budget"].tolist()
         ends = np.r_[self.starts[1:], len(self.tokens)]
         curves, dropped = [], []
-        for code, (start, end) in enumerate(zip(self.starts, ends)):
+        # Each curve's arrays are views of the builder's own sorted arrays (no copy per curve).
+        for code, (start, end) in enumerate(zip(self.starts.tolist(), ends.tolist())):
             name = str(self.names[code])
             if code in self.problems:
                 row, rule = self.problems[code]
                 dropped.append(str(self.fail(rule, curve=name, row=row)))
                 continue
-            meta = {k: v for k, v in meta_rows[code].items() if not _is_missing(v)}
             curves.append(Curve._trusted(
-                name, self.tokens[start:end].copy(), self.values[start:end].copy(),
-                str(attrs["direction"][code]), float(attrs["budget"][code]),
-                _text(attrs["run_id"][code]), _text(attrs["task"][code]),
-                _text(attrs["metric"][code]), meta))
+                name, self.tokens[start:end], self.values[start:end], str(directions[code]),
+                float(budgets[code]), run_ids[code], tasks[code], metrics[code], metas[code]))
         if not curves:
             raise self.fail(f"no valid curve left after skipping {len(dropped)} bad ones; "
                             f"first problem: {dropped[0] if dropped else 'none'}")
         return CurveSet(curves, dropped=dropped)
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
-
-
-def _text(value: Any) -> str | None:
-    return None if _is_missing(value) else str(value)
+def _texts(values: np.ndarray) -> list[str | None]:
+    """Per-curve text attributes: ``None`` where missing, else ``str``."""
+    missing = pd.isna(values)
+    return [None if m else str(v) for v, m in zip(values.tolist(), missing.tolist())]

@@ -11,8 +11,9 @@ Values are expressed relative to the best score so far and divided by the curve'
 ``S = max(range of observed scores, 0.01 * max |score|, 0.01)``, so accuracies in [0, 1]
 and losses of 3 to 11 share one model: value features are invariant to adding a constant to
 the scores and to multiplying them by a positive factor (while the range dominates the
-floors), except ``scale_ratio`` and the ``logpower`` fit (a family without offset, fitted
-to the scores above their minimum). The prediction target is the same relative value at the
+floors), except ``scale_ratio`` (scale over magnitude), which tells losses from accuracies.
+Families are fitted to ``(score - min) / S``, so even ``logpower`` (no offset) is
+shift-invariant. The prediction target is the same relative value at the
 horizon: ``(score(horizon) - best) / S`` (see ``relative_target``).
 
 Example:

@@ -518,14 +518,11 @@ def read_tensorboard(path: str | os.PathLike, *, on_error: str = "fail",
     runs: dict[Path, list[Path]] = {}
     for file in files:
         runs.setdefault(file.parent, []).append(file)
-    frames = [_tensorboard_run(d, fs, metric=metric, tokens_per_step=tokens_per_step,
-                               tokens_tag=tokens_tag, scale=scale,
-                               run_id=run_id if len(runs) == 1 else None,
-                               base=path if path.is_dir() else path.parent)
-              for d, fs in sorted(runs.items())]
-    frame = pd.concat([f for f, _ in frames], ignore_index=True)
-    rows = np.concatenate([r for _, r in frames])
-    return CurveSet.from_frame(frame, source=str(path), on_error=on_error, rows=rows)
+    parts = _each(lambda run: _tensorboard_run(
+        run[0], run[1], metric=metric, tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
+        scale=scale, run_id=run_id if len(runs) == 1 else None,
+        base=path if path.is_dir() else path.parent), sorted(runs.items()), on_error)
+    return _validated(parts, source=str(path), on_error=on_error)
 
 
 def _event_files(directory: Path) -> list[Path]:
@@ -554,14 +551,16 @@ def _tensorboard_run(directory: Path, files: list[Path], *, metric, tokens_per_s
 
 def _load_scalars(files: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``tag -> (steps, values)`` of every scalar in the files, in file and step order."""
+    from google.protobuf.message import DecodeError
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.tensorflow_stub.errors import OpError
 
     found: dict[str, list[tuple[float, float]]] = {}
     for file in files:
         try:
             accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0, "tensors": 0})
             accumulator.Reload()
-        except Exception as error:  # tensorboard's own errors on corrupt records
+        except (OSError, ValueError, DecodeError, OpError) as error:  # corrupt records
             raise ReadError(f"file {file}: cannot be read as TensorBoard events "
                             f"({type(error).__name__}: {_short(error)})") from None
         for tag, points in _accumulator_scalars(accumulator).items():
@@ -676,13 +675,38 @@ def wide_table_curves(frame: pd.DataFrame, *, source: str, on_error: str = "fail
                          f"columns present: {list(map(str, frame.columns))}", source=source)
     steps = _numeric_column(frame, step_column, source)
     tokens = _wide_tokens(frame, steps, tokens_per_step, source)
-    parts = [_wide_curve(frame, column, steps, tokens, scale=scale, source=source, run_id=run_id)
-             for column in _metric_columns(frame, step_column, metric, source)]
-    long = pd.concat([p for p, _ in parts], ignore_index=True)
+    parts = _each(lambda column: _wide_curve(frame, column, steps, tokens, scale=scale,
+                                             source=source, run_id=run_id),
+                  _metric_columns(frame, step_column, metric, source), on_error)
+    return _validated(parts, source=source, on_error=on_error)
+
+
+def _each(read_one: Any, items: Iterable[Any], on_error: str) -> list:
+    """``read_one(item)`` for each item; with ``skip`` a ``CurveError`` drops that item and
+    its message is kept (as a ``str``) in the returned list instead of a result."""
+    results: list = []
+    for item in items:
+        try:
+            results.append(read_one(item))
+        except CurveError as error:
+            if on_error != "skip":
+                raise
+            results.append(str(error))
+    return results
+
+
+def _validated(parts: list, *, source: str, on_error: str) -> CurveSet:
+    """Validate the ``(frame, rows)`` parts of one file together; keep the skipped reasons."""
+    problems = [p for p in parts if isinstance(p, str)]
+    parts = [p for p in parts if not isinstance(p, str)]
+    if not parts:
+        raise CurveError(f"no valid curve left after skipping {len(problems)} bad ones; "
+                         f"first problem: {problems[0] if problems else 'none'}", source=source)
+    frame = pd.concat([f for f, _ in parts], ignore_index=True)
     rows = np.concatenate([r for _, r in parts])
-    if len(long) == 0:
-        raise CurveError("every metric cell is empty (an empty curve)", source=source)
-    return CurveSet.from_frame(long, source=source, on_error=on_error, rows=rows)
+    curves = CurveSet.from_frame(frame, source=source, on_error=on_error, rows=rows)
+    curves.dropped.extend(problems)
+    return curves
 
 
 def _step_column(frame: pd.DataFrame) -> str | None:
@@ -732,6 +756,9 @@ def _wide_curve(frame, column, steps, tokens, *, scale, source, run_id):
     run, _, name = column.rpartition(" - ")
     run = run or run_id
     curve_id = f"{run}/{name}"
+    if len(rows) == 0:
+        raise CurveError(f"an empty curve: every cell of column {column!r} is empty",
+                         source=source, curve=curve_id)
     values = pd.to_numeric(raw.iloc[rows], errors="coerce").to_numpy(dtype=np.float64,
                                                                      na_value=np.nan)
     bad = np.isnan(values)
@@ -801,6 +828,19 @@ def lcdb_frame(raw: pd.DataFrame, *, names: Mapping[int, str] | None = None) -> 
 
 def _labels(label: Any, *keys: pd.Series) -> pd.Categorical:
     """``label(*key)`` per row, computed once per distinct key (fast on millions of rows)."""
-    codes, uniques = pd.MultiIndex.from_arrays(keys).factorize()
-    texts = [label(*u) for u in uniques] if len(keys) > 1 else [label(u) for u in uniques]
-    return pd.Categorical.from_codes(codes, categories=pd.Index(texts, dtype=object))
+    combined = np.zeros(len(keys[0]), dtype=np.int64)
+    levels = []
+    for key in keys:  # one integer per row: mixed-radix code of the keys' own codes
+        codes, uniques = pd.factorize(key, sort=False)
+        combined = combined * len(uniques) + codes
+        levels.append(np.asarray(uniques, dtype=object))
+    codes, firsts = pd.factorize(combined, sort=False)
+    texts = []
+    for code in firsts:
+        parts = []
+        for level in reversed(levels):
+            code, at = divmod(int(code), len(level))
+            parts.append(level[at])
+        texts.append(label(*reversed(parts)))
+    text_codes, categories = pd.factorize(pd.Index(texts, dtype=object))  # labels may repeat
+    return pd.Categorical.from_codes(text_codes[codes], categories=categories)

@@ -182,7 +182,7 @@ class Registry:
         """
         source = Path(source)
         self._verify(source)
-        name = name or _version_name(source)
+        name = _version_name(source) if name is None else name
         _check_name(name)
         with self.lock():
             target = self.root / name
@@ -235,13 +235,17 @@ class Registry:
                          f"to from {pointer['champion']!r}")
 
     def clean(self) -> list[str]:
-        """Remove hidden temporary folders left by killed processes; return their names."""
+        """Remove temporary folders and pointer files left by killed processes; return their names."""
         with self.lock():
             stale = [p for p in self.root.iterdir()
-                     if p.is_dir() and p.name.startswith((".add-", ".tmp-"))]
+                     if p.name.startswith(".add-") or (p.name.startswith(f".{POINTER}.")
+                                                       and p.name.endswith(".tmp"))]
             for path in stale:
-                shutil.rmtree(path, ignore_errors=True)
-        return [p.name for p in stale]
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        return sorted(p.name for p in stale)
 
     @contextlib.contextmanager
     def lock(self, timeout: float | None = None) -> Iterator[None]:

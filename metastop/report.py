@@ -34,7 +34,8 @@ class RunSummary:
     Attributes:
         run_id, task: the run.
         shadow: whether it ran in shadow mode.
-        stopped: whether the controller stopped it (acted; never for shadow runs).
+        stopped: whether the controller stopped it before its budget (acted; never for shadow
+            runs).
         final_tokens: tokens at its last observation; budget: its planned total.
         tokens_saved: ``1 - final_tokens / budget`` for acted runs; for shadow runs, the share
             stopping would have saved.
@@ -107,7 +108,7 @@ def summarize_run(run_id: str, records: Sequence[Mapping[str, Any]]) -> RunSumma
                           got.tokens_saved, got.em_loss)
     last = points[-1]
     budget = max(float(last.get("budget") or 0.0), float(last["tokens"])) or 1.0
-    stopped = any(r.get("acted") is True for r in points)
+    stopped = any(r.get("acted") is True and r.get("reason") != "budget_reached" for r in points)
     task = next((str(r["task"]) for r in points if r.get("task")), None)
     return RunSummary(run_id, task, False, stopped, float(last["tokens"]), budget,
                       1.0 - float(last["tokens"]) / budget, None)

@@ -39,6 +39,7 @@ import numpy as np
 from .curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
 from .errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
 from .governor import observations
+from .predictor import Predictor
 from .registry import Registry, pause_point, sha256_file
 from .splits import RULE as HOLDOUT_RULE
 from .splits import split_holdout
@@ -270,26 +271,22 @@ def _text(value: Any) -> str | None:
 
 
 # --- training ---------------------------------------------------------------------------------
-def _challenger_class():
-    from .predictor import Predictor
+class ChallengerPredictor(Predictor):
+    """A ``Predictor`` whose boosters train on a Dask cluster when ``client_`` is set.
 
-    class ChallengerPredictor(Predictor):
-        """A ``Predictor`` whose boosters train on a Dask cluster when ``client_`` is set.
+    Only the booster-training step (``Predictor._train_one``) is replaced; rows, calibration,
+    prior, metrics and the saved format are the parent's, so the saved model loads as a plain
+    ``Predictor``. ``client_`` ends in ``_`` so it is never saved as a parameter.
+    """
 
-        Overrides the booster-training step only; rows, calibration, prior, metrics and the
-        saved format are the parent's, so the saved model loads as a plain ``Predictor``.
-        """
+    client_: Any = None
 
-        client_: Any = None
-
-        def _train_one(self, quantile: float, rows: Any, part: np.ndarray) -> Any:
-            pause_point("retrain.train")
-            if self.client_ is None:
-                return super()._train_one(quantile, rows, part)
-            return _dask_booster(self, self.client_, quantile, rows.X[part], rows.y[part],
-                                 rows.weight[part])
-
-    return ChallengerPredictor
+    def _train_one(self, quantile: float, rows: Any, part: np.ndarray) -> Any:
+        pause_point("retrain.train")
+        if self.client_ is None:
+            return super()._train_one(quantile, rows, part)
+        return _dask_booster(self, self.client_, quantile, rows.X[part], rows.y[part],
+                             rows.weight[part])
 
 
 def _dask_booster(predictor: Any, client: Any, quantile: float, X: np.ndarray, y: np.ndarray,
@@ -329,7 +326,7 @@ def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None
             to train on this machine.
         sources: what the curves were read from, recorded in the model's manifest.
     """
-    predictor = _challenger_class()(**dict(params or {}))
+    predictor = ChallengerPredictor(**dict(params or {}))
     if dask_scheduler is None:
         return predictor.fit(curves, sources=sources)
     from distributed import Client
@@ -355,6 +352,8 @@ class Evaluation:
     Attributes:
         mae_25: MAE of the predicted final value (metric units) at 25% of the budget observed.
         n_mae: curves with a prediction at 25%.
+        mae_all: MAE of the median at every later observed point from every prefix of >= 2
+            points (``heldout_mae``): many more predictions, so a steadier number.
         utility: mean ``CostAware`` utility at the default price (points per curve), or
             ``None`` when not computed.
         token_savings, em_loss_mean: the same backtest's savings and mean EM loss (metric units).
@@ -363,6 +362,7 @@ class Evaluation:
 
     mae_25: float
     n_mae: int
+    mae_all: float
     utility: float | None
     token_savings: float | None
     em_loss_mean: float | None
@@ -380,11 +380,28 @@ def evaluate(predictor: Any, curves: Sequence[Curve], *, utility: bool = True) -
 
     prediction = prediction_report(curves, predictor, fractions=(EVAL_FRACTION,))
     mae, n_mae = prediction.mae_at[EVAL_FRACTION], prediction.n_at[EVAL_FRACTION]
+    steady = heldout_mae(predictor, curves)
     if not utility:
-        return Evaluation(mae, n_mae, None, None, None, len(curves))
+        return Evaluation(mae, n_mae, steady, None, None, None, len(curves))
     report = backtest(curves, CostAware(predictor, price=DEFAULT_PRICE))
-    return Evaluation(mae, n_mae, report.utility_mean(DEFAULT_PRICE), report.token_savings_mean,
-                      report.em_loss_mean, len(curves))
+    return Evaluation(mae, n_mae, steady, report.utility_mean(DEFAULT_PRICE),
+                      report.token_savings_mean, report.em_loss_mean, len(curves))
+
+
+def heldout_mae(predictor: Any, curves: Sequence[Curve]) -> float:
+    """MAE (metric units) of the median prediction at every later observed point, from every
+    prefix of at least two points of every curve (one batched ``predict_many`` call)."""
+    prefixes, horizons, truths = [], [], []
+    for curve in curves:
+        for k in range(2, len(curve)):
+            prefixes.append(curve.prefix(k))
+            horizons.append(curve.tokens[k:])
+            truths.append(curve.scores[k:])
+    if not prefixes:
+        return math.nan
+    predictions = predictor.predict_many(prefixes, horizons=horizons)
+    errors = [np.abs(p.median - t) for p, t in zip(predictions, truths)]
+    return float(np.mean(np.concatenate(errors)))
 
 
 @dataclass(frozen=True)
@@ -403,8 +420,8 @@ def promotion_verdict(champion: Evaluation | None, challenger: Evaluation, *,
     """Apply ``PROMOTION_RULE`` to the two evaluations.
 
     Example:
-        >>> a = Evaluation(0.050, 10, 60.0, 0.3, 0.001, 10)
-        >>> b = Evaluation(0.045, 10, 60.2, 0.3, 0.001, 10)
+        >>> a = Evaluation(0.050, 10, 0.06, 60.0, 0.3, 0.001, 10)
+        >>> b = Evaluation(0.045, 10, 0.05, 60.2, 0.3, 0.001, 10)
         >>> promotion_verdict(a, b).promote, promotion_verdict(b, a).promote
         (True, False)
     """
@@ -490,8 +507,6 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
                                  sources=gathered.sources)
         fit_s = time.perf_counter() - started_fit
         stage = fitted.save(out / "challenger")
-        from .predictor import Predictor
-
         challenger = Predictor.load(stage)
         challenger_eval = evaluate(challenger, test)
         champion_eval = evaluate(champion, test) if champion is not None else None
@@ -516,8 +531,6 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
 
 
 def _load_champion(registry: Registry) -> tuple[str, Any, dict[str, Any]]:
-    from .predictor import Predictor
-
     name = registry.champion_name()
     try:
         path = registry.champion()
@@ -567,11 +580,12 @@ def report_markdown(result: RetrainResult) -> str:
         f"- curves: {d['n_curves']} ({d['n_train']} train, {d['n_held_out']} held out); "
         f"{d['n_skipped']} skipped, {d['n_duplicates']} duplicates",
         f"- held-out rule: {d['holdout_rule']}", "",
-        "| model | MAE@25% | utility (pt) | token savings | EM loss | held-out curves |",
-        "|---|---|---|---|---|---|",
+        "| model | MAE@25% | MAE all points | utility (pt) | token savings | EM loss | held-out curves |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, ev in (("champion", champ), ("challenger", chall)):
-        lines.append(f"| {name} | {_fmt(ev.get('mae_25'))} | {_fmt(ev.get('utility'))} | "
+        lines.append(f"| {name} | {_fmt(ev.get('mae_25'))} | {_fmt(ev.get('mae_all'))} | "
+                     f"{_fmt(ev.get('utility'))} | "
                      f"{_fmt(ev.get('token_savings'))} | {_fmt(ev.get('em_loss_mean'))} | "
                      f"{ev.get('n_curves', '-')} |")
     lines += ["", f"**Verdict: {'promote' if v.promote else 'keep the champion'}**"

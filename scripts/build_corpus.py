@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from metastop.curves import CurveSet, atomic_path
-from metastop.ingest import lcdb_frame
+from metastop.ingest import LCDB_COLUMNS, lcdb_frame
 
 log = logging.getLogger("build_corpus")
 
@@ -91,13 +91,14 @@ def read_sdist(sdist: Path) -> Source:
     """Read the accuracy table and dataset names straight out of the sdist tarball."""
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers()}
-        accuracy = pd.read_csv(tar.extractfile(members[ACCURACY_MEMBER]))
+        accuracy = pd.read_csv(tar.extractfile(members[ACCURACY_MEMBER]),
+                               usecols=list(LCDB_COLUMNS))
         names = _names(pd.read_csv(tar.extractfile(members[DATASETS_MEMBER])))
     return Source(accuracy, names, f"{sdist.name} ({ACCURACY_MEMBER})")
 
 
 def read_csv(path: Path) -> Source:
-    accuracy = pd.read_csv(path, engine="pyarrow")
+    accuracy = pd.read_csv(path, engine="pyarrow", usecols=list(LCDB_COLUMNS))
     datasets = path.with_name("datasets.csv")
     names = _names(pd.read_csv(datasets)) if datasets.exists() else {}
     return Source(accuracy, names, f"lcdb-{LCDB_VERSION} sdist ({ACCURACY_MEMBER})")

@@ -16,7 +16,8 @@ from metastop.cli import main
 from metastop.curves import CurveSet
 from metastop.errors import CurveError, ParameterError, ReadError
 from metastop.ingest import (detect_format, is_bounded_metric, lcdb_frame, metric_direction,
-                             read_curves, read_sources, read_tensorboard, read_trainer_state)
+                             read_curves, read_sources, read_tensorboard, read_trainer_state,
+                             wide_table_curves)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAINER_STATE = FIXTURES / "trainer_run" / "trainer_state.json"
@@ -220,6 +221,16 @@ def test_tensorboard_tokens_tag_and_several_runs(tmp_path):
     np.testing.assert_array_equal(curves[0].tokens, [s * 100.0 for s, _ in EM_POINTS])
 
 
+def test_tensorboard_skip_drops_a_run_without_the_tag(tmp_path):
+    write_events(tmp_path / "logs" / "a", {"eval/exact_match": EM_POINTS})
+    write_events(tmp_path / "logs" / "b", {"eval/loss": [(1, 2.0)]})
+    with pytest.raises(CurveError, match=r"no an exact-match tag"):
+        read_curves(tmp_path / "logs", tokens_per_step=1)
+    curves = read_curves(tmp_path / "logs", tokens_per_step=1, on_error="skip")
+    assert curves.ids == ["a/eval/exact_match"]
+    assert len(curves.dropped) == 1 and "scalar tags present: ['eval/loss']" in curves.dropped[0]
+
+
 def test_tensorboard_from_the_hf_trainer_uses_its_token_counts():
     state = read_curves(TRAINER_STATE)[0]
     (curve,) = read_curves(TRAINER_EVENTS)
@@ -289,9 +300,23 @@ def test_wide_export_errors_name_file_curve_and_row(tmp_path):
         read_curves(path, tokens_per_step=1)
     with pytest.raises(CurveError, match=r"the wide export has steps but no token counts"):
         read_curves(path)
-    pd.DataFrame({"step": [1, 2], "em": [None, None]}).to_csv(path, index=False)
-    with pytest.raises(CurveError, match=r"every metric cell is empty"):
+    pd.DataFrame({"step": [1, 2], "em": [None, None], "f1": [0.5, 0.6]}).to_csv(path, index=False)
+    with pytest.raises(CurveError, match=r"curve 'w/em': an empty curve: every cell of column 'em'"):
         read_curves(path, tokens_per_step=1)
+
+
+def test_wide_export_skip_drops_only_the_bad_columns(tmp_path):
+    path = tmp_path / "w.csv"
+    pd.DataFrame({"step": [1, 2, 3], "em": [None, None, None], "f1": [0.5, "x", 0.6],
+                  "acc": [0.1, 0.2, 0.3]}).to_csv(path, index=False)
+    curves = read_curves(path, tokens_per_step=1, on_error="skip")
+    assert curves.ids == ["w/acc"]
+    assert len(curves.dropped) == 2
+    assert "curve 'w/em': an empty curve" in curves.dropped[0]
+    assert "curve 'w/f1', row 1: value must be a number, got 'x'" in curves.dropped[1]
+    only_bad = pd.read_csv(path).drop(columns="acc")
+    with pytest.raises(CurveError, match=r"w.csv: no valid curve left after skipping 2 bad ones"):
+        wide_table_curves(only_bad, source=str(path), tokens_per_step=1, on_error="skip")
 
 
 def test_wide_export_uses_a_tokens_column(tmp_path):
@@ -383,6 +408,12 @@ def test_lcdb_frame_maps_into_the_curve_table():
     np.testing.assert_array_equal(second.values, [0.6, 0.7])
     assert second.meta == {"dataset": 6, "learner": "sklearn.svm.LinearSVC", "outer_seed": 1,
                            "inner_seed": 2}
+
+
+def test_lcdb_frame_allows_datasets_that_share_a_name():
+    frame = lcdb_frame(raw_lcdb(), names={3: "iris", 6: "iris"})
+    assert set(frame["task"]) == {"iris"}
+    assert set(frame["run_id"]) == {"lcdb/3", "lcdb/6"}
 
 
 def test_lcdb_frame_requires_its_columns():

@@ -36,7 +36,7 @@ class _Data(torch.utils.data.Dataset):
 
 
 def make_trainer(tmp_path: Path, callback, curve: dict[int, float], *, max_steps: int = 20,
-                 save_steps: int | None = None) -> transformers.Trainer:
+                 save_steps: int | None = None, count_tokens: bool = True) -> transformers.Trainer:
     """A tiny GPT-2 evaluated every 2 steps; ``eval_exact_match`` is ``curve[global_step]``."""
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=32, n_positions=SEQ, n_embd=8, n_layer=1, n_head=2)
@@ -44,7 +44,7 @@ def make_trainer(tmp_path: Path, callback, curve: dict[int, float], *, max_steps
         str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=BATCH,
         per_device_eval_batch_size=BATCH, eval_strategy="steps", eval_steps=2, logging_steps=2,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-        include_num_input_tokens_seen=True, report_to="none", use_cpu=True, disable_tqdm=True,
+        include_num_input_tokens_seen=count_tokens, report_to="none", use_cpu=True, disable_tqdm=True,
         learning_rate=1e-3, seed=0)
     holder: dict = {}
 
@@ -90,12 +90,14 @@ def test_patience_stops_at_the_exact_evaluation(tmp_path):
     assert decisions[-1].reason.value == "patience_exhausted"
 
 
-def test_patient_policy_lets_training_finish(tmp_path):
-    callback = MetaStopCallback(policy=Patience(100), budget=20 * TOKENS_PER_STEP)
-    trainer = make_trainer(tmp_path, callback, PLATEAU)
+def test_patient_policy_lets_training_finish_and_tokens_per_step_counts_without_token_counts(tmp_path):
+    callback = MetaStopCallback(policy=Patience(100), budget=20 * TOKENS_PER_STEP,
+                                tokens_per_step=TOKENS_PER_STEP)
+    trainer = make_trainer(tmp_path, callback, PLATEAU, count_tokens=False)
     trainer.train()
     assert trainer.state.global_step == 20
     decisions = callback.controller.decisions
+    assert [d.tokens for d in decisions] == [s * TOKENS_PER_STEP for s in range(2, 21, 2)]
     assert not any(d.stop for d in decisions[:-1])
     assert decisions[-1].reason.value == "budget_reached"  # the last evaluation spends the budget
 
@@ -116,6 +118,7 @@ def test_controller_state_is_saved_with_the_checkpoint_and_restored_on_resume(tm
     saved = json.loads((checkpoint / "trainer_state.json").read_text())
     state = saved["stateful_callbacks"]["MetaStopCallback"]["attributes"]["controller"]
     assert json.loads(json.dumps(state)) == state  # plain data, no pickle
+    assert state["tokens"] == [s * TOKENS_PER_STEP for s in (2, 4, 6, 8)]
 
     # A fresh callback with a stricter policy: only the restored history (best at step 6,
     # no improvement at 8) makes it stop after one more flat evaluation, at step 10.

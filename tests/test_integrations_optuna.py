@@ -128,3 +128,16 @@ def test_cost_aware_with_a_huge_price_prunes_nothing_even_at_the_budget(shipped_
     assert pruned(study) == []
     assert reported == {0: STEPS, 1: STEPS, 2: STEPS}
     assert pruner.decisions[0].reason.value == "budget_reached"  # reported, but not pruned
+
+
+def test_a_failing_policy_never_prunes(caplog):
+    class Broken:
+        def decide(self, curve):
+            raise RuntimeError("model file truncated")
+
+    pruner = MetaStopPruner(Broken(), budget=10)
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.report(0.5, 1)
+    assert pruner.prune(study, study.trials[-1]) is False
+    assert "model file truncated" in caplog.text

@@ -26,7 +26,7 @@ def fleet_curves(n: int = 24) -> list[Curve]:
     for i in range(n):
         t = np.arange(1, 13) * 1e8
         late = 0.25 if i % 3 == 0 else 0.0  # a third plateau, then rise late
-        v = 0.3 * (1 - np.exp(-t / 3e8)) + late * (t > 9e8) + rng.normal(0, 0.004, len(t))
+        v = 0.3 * (1 - np.exp(-t / 1.5e8)) + late * (t > 9e8) + rng.normal(0, 0.004, len(t))
         curves.append(Curve(f"run{i}/em", t, v, budget=12e8, run_id=f"run{i}",
                             task="arc" if i % 2 else "gsm8k"))
     return curves
@@ -46,7 +46,7 @@ def write_logs(curves, folder, shadow_of):
 def logs(tmp_path):
     curves = fleet_curves()
     folder = tmp_path / "logs"
-    write_logs(curves, folder, lambda c: int(c.run_id[3:]) % 4 == 0)
+    write_logs(curves, folder, lambda c: int(c.run_id[3:]) % 4 == 3)
     with open(folder / "run1.jsonl", "a") as handle:
         handle.write('{"tokens": 5, "value"')  # a truncated last line, as after a crash
     return curves, folder
@@ -77,12 +77,14 @@ def test_report_per_task_prices_and_interval(logs):
     assert sorted(tasks) == ["arc", "gsm8k"]
     assert tasks["arc"].price == str(Price.tokens(3e7))
     assert tasks["gsm8k"].price_data == {"kind": "fraction_of_budget", "amount": 0.05}
-    g = tasks["gsm8k"]
-    assert g.shadow_runs == 6 and tasks["arc"].shadow_runs == 0
+    a = tasks["arc"]
+    assert a.shadow_runs == 6 and tasks["gsm8k"].shadow_runs == 0
     losses = [r.em_loss for r in report.runs if r.shadow]
-    low, high = g.em_loss_ci95
-    assert low < np.mean(losses) == pytest.approx(g.em_loss_mean) < high
-    assert tasks["arc"].em_loss_mean is None and tasks["arc"].tokens_saved_mean > 0.1
+    low, high = a.em_loss_ci95
+    assert a.em_loss_mean == pytest.approx(np.mean(losses))
+    assert low < a.em_loss_mean < high
+    assert report.overall.em_loss_mean == pytest.approx(a.em_loss_mean)
+    assert tasks["gsm8k"].em_loss_mean is None and tasks["gsm8k"].tokens_saved_mean > 0.05
     rows = report_rows(report)
     assert [r[0] for r in rows] == ["arc", "gsm8k", OVERALL]
 
@@ -98,6 +100,7 @@ def test_report_shows_governor_changes(logs, tmp_path):
     [change] = tasks["gsm8k"].changes
     assert change["factor"] == 2.0 and "stop later" in change["reason"]
     assert tasks["gsm8k"].price == str(Price.fraction_of_budget(0.1))
+    assert tasks["arc"].changes == ()
     assert report.to_dict()["governor"]["loss_budget"] == 0.5
 
 

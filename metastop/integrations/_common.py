@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from ..errors import ParameterError
+from ..runtime import StopController
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -28,8 +29,6 @@ def make_controller(controller: Any, policy: Any, budget: float | None, curve_id
     if budget is None:
         raise ParameterError("budget (planned total tokens) is required when no controller is "
                              "given, got budget=None")
-    from ..runtime import StopController
-
     return StopController(policy=policy, budget=budget, curve_id=curve_id)
 
 

@@ -18,11 +18,13 @@ from typing import Any
 from ..errors import ParameterError
 from ._common import as_float, check_positive, make_controller, missing_metric, require
 
-_transformers = require("transformers", "hf")
+require("transformers", "hf")
+from transformers.trainer_callback import ExportableState, TrainerCallback  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 
-class MetaStopCallback(_transformers.TrainerCallback, _transformers.trainer_callback.ExportableState):
+class MetaStopCallback(TrainerCallback, ExportableState):
     """Feeds each evaluation to a ``StopController`` and sets ``control.should_training_stop``.
 
     Tokens are ``state.num_input_tokens_seen`` (``include_num_input_tokens_seen=True``) when
@@ -58,8 +60,9 @@ class MetaStopCallback(_transformers.TrainerCallback, _transformers.trainer_call
     def on_train_begin(self, args, state, control, **kwargs):
         name = type(self).__name__
         saved = state.stateful_callbacks.get(name)
-        if state.global_step > 0 and isinstance(saved, dict) and "controller" in saved.get("attributes", {}):
-            self.controller.load_state_dict(saved["attributes"]["controller"])
+        controller = saved.get("attributes", {}).get("controller") if isinstance(saved, dict) else None
+        if state.global_step > 0 and controller is not None:  # resuming from a checkpoint
+            self.controller.load_state_dict(controller)
             logger.info("metastop: restored controller state (%d decisions) from the checkpoint",
                         len(self.controller.decisions))
         state.stateful_callbacks.setdefault(name, self.state())

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class MetaStopCallback(_pl.Callback):
-    """At each validation end (not the sanity check), observes ``monitor`` and sets ``trainer.should_stop``.
+    """Observes ``monitor`` at each validation end (not the sanity check); sets ``trainer.should_stop``.
 
     Tokens are ``tokens(trainer)`` if given, else ``trainer.global_step * tokens_per_step``.
     ``state_dict()`` holds the controller's state, so it rides in Lightning checkpoints.
@@ -55,7 +55,8 @@ class MetaStopCallback(_pl.Callback):
         if self.monitor not in metrics:
             rank_zero_warn(missing_metric(self.monitor, metrics), category=RuntimeWarning)
             return
-        tokens = self.tokens(trainer) if self.tokens is not None else trainer.global_step * self.tokens_per_step
+        tokens = (self.tokens(trainer) if self.tokens is not None
+                  else trainer.global_step * self.tokens_per_step)
         decision = self.controller.observe(float(tokens), as_float(metrics[self.monitor]))
         if decision.stop:
             logger.info("metastop: stopping at step %d: %s", trainer.global_step, decision.message)

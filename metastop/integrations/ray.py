@@ -15,6 +15,7 @@ from typing import Any
 
 from ..curves import DIRECTIONS
 from ..errors import ParameterError
+from ..runtime import StopController, default_policy
 from ._common import as_float, check_positive, missing_metric, require
 
 _tune = require("ray.tune", "ray")
@@ -37,7 +38,7 @@ class MetaStopStopper(_tune.Stopper):
 
     def __init__(self, policy: Any = None, *, budget: float, metric: str = "exact_match",
                  tokens: str = "tokens", direction: str = "maximize"):
-        self.policy = policy
+        self.policy = policy if policy is not None else default_policy()  # loaded once
         self.budget = check_positive("budget", budget)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got {direction=}")
@@ -52,8 +53,6 @@ class MetaStopStopper(_tune.Stopper):
             warnings.warn(missing_metric(name, result), RuntimeWarning, stacklevel=2)
             return False
         if trial_id not in self.controllers:
-            from ..runtime import StopController
-
             self.controllers[trial_id] = StopController(
                 policy=self.policy, budget=self.budget, direction=self.direction, curve_id=trial_id)
         decision = self.controllers[trial_id].observe(as_float(result[self.tokens]),

@@ -1,0 +1,192 @@
+"""Benchmark the predictor on held-out groups against curve-fitting baselines, and its speed.
+
+For each corpus, the held-out groups of ``metastop.splits`` (whole runs; whole datasets for
+LCDB), never seen in training, are cut at observed budget fractions 0.1, 0.25 and 0.5 (the
+points with ``tokens <= f * budget``) and the final value is predicted. Reported per corpus
+and fraction: MAE in the metric's units for metastop (the median) and for the baselines
+(last value, best so far, each parametric family fitted by ``metastop.fits``, best-of-fits
+= lowest rmse), and the coverage of metastop's 80% interval. Then latency: one curve
+(features + all quantiles + 8 horizons) p50/p99 over 1000 calls, and batch throughput.
+
+By default the shipped model (trained on the train split only) is evaluated; ``--retrain``
+trains a fresh one on the train split with ``scripts/train_default.py``'s recipe.
+
+Usage:
+    .venv/bin/python scripts/bench_predictor.py [--model DIR] [--max-curves 3000]
+Writes reports/bench_predictor.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metastop.curves import Curve, CurveSet
+from metastop.fits import FAMILY_NAMES, fit_families
+from metastop.predictor import Predictor
+from metastop.splits import RULE, split_holdout
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CORPORA = {
+    "lcdb": ROOT / "data" / "lcdb.parquet",
+    "pythia_evals": SHARED / "pythia_evals.parquet",
+    "nanogpt_speedrun": SHARED / "nanogpt_speedrun.parquet",
+    "em_curves": ROOT / "data" / "em_curves.parquet",
+    "pythia_arithmetic": SHARED / "pythia_arithmetic.parquet",
+}
+FRACTIONS = (0.1, 0.25, 0.5)
+BASELINES = ("last", "best", *FAMILY_NAMES, "best_of_fits")
+
+
+def cut(curve: Curve, fraction: float) -> Curve | None:
+    """The points with tokens <= fraction * budget, or None if none or all of them."""
+    n = int(np.searchsorted(curve.tokens, fraction * curve.budget, side="right"))
+    return curve.prefix(n) if 1 <= n < len(curve) else None
+
+
+def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
+    """Each baseline's predicted final value (metric units) for every prefix."""
+    width = max(len(c) for c in prefixes)
+    x = np.ones((len(prefixes), width))
+    y = np.zeros((len(prefixes), width))
+    w = np.zeros((len(prefixes), width))
+    for i, c in enumerate(prefixes):
+        x[i, :len(c)] = c.tokens / c.budget
+        y[i, :len(c)] = c.scores
+        w[i, :len(c)] = 1.0
+    fits = fit_families(x, y, w)
+    scores = {name: fits[name].predict(np.ones((len(prefixes), 1)))[:, 0] for name in FAMILY_NAMES}
+    rmse = np.stack([fits[name].rmse for name in FAMILY_NAMES])
+    scores["best_of_fits"] = np.stack([scores[n] for n in FAMILY_NAMES])[
+        np.argmin(rmse, axis=0), np.arange(len(prefixes))]
+    scores["last"] = np.array([c.scores[-1] for c in prefixes])
+    scores["best"] = np.array([c.scores.max() for c in prefixes])
+    sign = np.array([c.sign for c in prefixes])
+    return {name: scores[name] * sign for name in BASELINES}
+
+
+def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
+    out = {"n_curves": len(test), "median_points": float(np.median([len(c) for c in test])),
+           "fractions": {}}
+    for f in FRACTIONS:
+        pairs = [(c, p) for c in test if (p := cut(c, f)) is not None]
+        if not pairs:
+            continue
+        curves, prefixes = zip(*pairs)
+        truth = np.array([c.values[-1] for c in curves])
+        preds = predictor.predict_many(list(prefixes), [[c.budget] for c in curves])
+        median = np.array([c.to_metric(p.final_median) for c, p in zip(curves, preds)])
+        final_scores = np.array([c.scores[-1] for c in curves])
+        low = np.array([p.low[-1] for p in preds])
+        high = np.array([p.high[-1] for p in preds])
+        row = {"n": len(pairs), "metastop_mae": float(np.mean(np.abs(median - truth))),
+               "coverage_80": float(np.mean((low <= final_scores) & (final_scores <= high))),
+               "low_confidence_share": float(np.mean([p.low_confidence for p in preds]))}
+        for name, values in baseline_finals(list(prefixes)).items():
+            row[f"{name}_mae"] = float(np.mean(np.abs(values - truth)))
+        best_name = min(BASELINES, key=lambda n: row[f"{n}_mae"])
+        row["best_baseline"] = best_name
+        row["ratio_to_best_baseline"] = row["metastop_mae"] / max(row[f"{best_name}_mae"], 1e-12)
+        out["fractions"][str(f)] = row
+    return out
+
+
+def latency(predictor: Predictor, curves: CurveSet, calls: int) -> dict:
+    """One-curve p50/p99 (default 8 horizons) and batch throughput at 25% observed."""
+    candidates = [p for c in curves if len(c) >= 8 and (p := cut(c, 0.5)) is not None]
+    one = candidates[0]
+    predictor.predict(one)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predictor.predict(one)
+        times.append(time.perf_counter() - start)
+    batch = [p for c in curves if (p := cut(c, 0.25)) is not None][:4000]
+    start = time.perf_counter()
+    predictor.predict_many(batch)
+    elapsed = time.perf_counter() - start
+    return {"one_curve_points": len(one), "calls": calls,
+            "one_curve_p50_ms": 1e3 * float(np.percentile(times, 50)),
+            "one_curve_p99_ms": 1e3 * float(np.percentile(times, 99)),
+            "batch_curves": len(batch), "batch_curves_per_s": len(batch) / elapsed}
+
+
+def print_table(report: dict) -> None:
+    names = ["metastop", "last", "best", *FAMILY_NAMES, "best_of_fits"]
+    header = f"{'corpus':18s} {'f':>5s} {'n':>6s} " + " ".join(f"{n[:9]:>9s}" for n in names)
+    print(header + f" {'cov80':>6s} {'ratio':>6s}")
+    for corpus, result in report["corpora"].items():
+        for f, row in result["fractions"].items():
+            maes = " ".join(f"{row[f'{n}_mae']:9.4f}" for n in names)
+            print(f"{corpus:18s} {f:>5s} {row['n']:6d} {maes} {row['coverage_80']:6.3f} "
+                  f"{row['ratio_to_best_baseline']:6.2f}")
+    lat = report["latency"]
+    print(f"latency: one curve p50 {lat['one_curve_p50_ms']:.2f} ms, p99 "
+          f"{lat['one_curve_p99_ms']:.2f} ms; batch {lat['batch_curves_per_s']:.0f} curves/s")
+    for line in report["targets"]:
+        print(line)
+
+
+def targets(report: dict) -> list[str]:
+    lines = []
+    for corpus, result in report["corpora"].items():
+        row = result["fractions"].get("0.25")
+        if row is None:
+            continue
+        if result["median_points"] >= 8:
+            ok = row["ratio_to_best_baseline"] <= 0.5
+            lines.append(f"{'MET ' if ok else 'MISS'} {corpus}: MAE@0.25 = "
+                         f"{row['ratio_to_best_baseline']:.2f} x best baseline "
+                         f"({row['best_baseline']}), target <= 0.5")
+        covs = [r["coverage_80"] for r in result["fractions"].values()]
+        ok = all(0.75 <= c <= 0.85 for c in covs)
+        lines.append(f"{'MET ' if ok else 'MISS'} {corpus}: 80% coverage "
+                     f"{', '.join(f'{c:.3f}' for c in covs)} at f={list(result['fractions'])}, "
+                     f"target in [0.75, 0.85]")
+    lat = report["latency"]
+    lines.append(f"{'MET ' if lat['one_curve_p99_ms'] <= 5 else 'MISS'} one-curve p99 "
+                 f"{lat['one_curve_p99_ms']:.2f} ms, target <= 5 ms")
+    lines.append(f"{'MET ' if lat['batch_curves_per_s'] >= 2000 else 'MISS'} batch "
+                 f"{lat['batch_curves_per_s']:.0f} curves/s, target >= 2000")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="model dir (default: shipped)")
+    parser.add_argument("--max-curves", type=int, default=3000,
+                        help="held-out curves evaluated per corpus, drawn at random")
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench_predictor.json")
+    args = parser.parse_args()
+    predictor = Predictor.load(args.model)
+    rng = np.random.default_rng(0)
+    report = {"model": str(args.model or "models/default"), "holdout_rule": RULE,
+              "model_training": predictor.training_, "corpora": {},
+              "machine": {"python": platform.python_version(), "cpus": 2}}
+    tests = {}
+    for name, path in CORPORA.items():
+        if not path.exists():
+            continue
+        _, test = split_holdout(CurveSet.read(path, on_error="skip"))
+        if len(test) > args.max_curves:
+            test = CurveSet(test[int(i)] for i in np.sort(rng.choice(len(test), args.max_curves,
+                                                                     replace=False)))
+        tests[name] = test
+        report["corpora"][name] = evaluate_corpus(predictor, test)
+    report["latency"] = latency(predictor, tests["pythia_evals"], args.calls)
+    report["targets"] = targets(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

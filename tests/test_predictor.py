@@ -1,0 +1,193 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metastop.curves import Curve, CurveSet
+from metastop.errors import ModelError, NotFittedError, ParameterError
+from metastop.features import FEATURE_VERSION
+from metastop.predictor import DEFAULT_DIR, MANIFEST, Predictor, default_horizons
+from metastop.prediction import Prediction
+from metastop.splits import holdout_group, is_held_out, split_holdout
+
+PYTHIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pythia_evals.parquet"
+
+
+@pytest.fixture(scope="module")
+def curves() -> CurveSet:
+    if not PYTHIA.exists():
+        pytest.skip(f"{PYTHIA} not available")
+    full = CurveSet.read(PYTHIA)
+    rng = np.random.default_rng(0)
+    return CurveSet(full[int(i)] for i in np.sort(rng.choice(len(full), 200, replace=False)))
+
+
+@pytest.fixture(scope="module")
+def predictor(curves) -> Predictor:
+    return Predictor(n_estimators=20, num_leaves=15, min_child_samples=20).fit(curves)
+
+
+@pytest.fixture()
+def saved(predictor, tmp_path) -> Path:
+    return predictor.save(tmp_path / "model")
+
+
+def partial(curve: Curve, n: int = 5) -> Curve:
+    return curve.prefix(min(n, len(curve) - 1))
+
+
+def test_predict_returns_ordered_quantiles_at_default_horizons(predictor, curves):
+    curve = partial(curves[0])
+    p = predictor.predict(curve)
+    assert isinstance(p, Prediction)
+    assert p.scores.shape == (8, 3)
+    assert p.horizons[-1] == curve.budget
+    assert np.all(np.diff(p.horizons) > 0) and p.horizons[0] > curve.last_tokens
+    assert np.all(np.diff(p.scores, axis=1) >= 0)
+    assert not p.low_confidence
+    assert np.all(np.isfinite(p.scores))
+
+
+def test_predict_final_and_explicit_horizons(predictor, curves):
+    curve = partial(curves[1])
+    final = predictor.predict_final(curve)
+    assert final.horizons.tolist() == [curve.budget]
+    two = predictor.predict(curve, [curve.budget / 2, curve.budget])
+    np.testing.assert_allclose(two.scores[-1], final.scores[0])
+
+
+def test_predictions_are_in_score_orientation_for_minimize_metrics(predictor):
+    loss = Curve("loss", [1.0, 2.0, 3.0, 4.0], [5.0, 4.0, 3.5, 3.2], direction="minimize",
+                 budget=16.0)
+    p = predictor.predict_final(loss)
+    assert p.final_median < 0  # scores are negated losses
+    assert loss.to_metric(p.final_median) > 0
+
+
+def test_predict_many_matches_predict(predictor, curves):
+    batch = [partial(c, n) for c, n in zip(curves[:20], range(2, 22))]
+    many = predictor.predict_many(batch)
+    for curve, p in zip(batch, many):
+        np.testing.assert_allclose(p.scores, predictor.predict(curve).scores, rtol=1e-9)
+
+
+def test_predict_many_with_fractions(predictor, curves):
+    batch = [partial(c, 3) for c in curves[:5]]
+    for curve, p in zip(batch, predictor.predict_many(batch, fractions=[0.5, 1.0])):
+        np.testing.assert_allclose(p.horizons, [0.5 * curve.budget, curve.budget])
+
+
+def test_bad_horizons_are_rejected(predictor, curves):
+    with pytest.raises(ParameterError, match="strictly increase"):
+        predictor.predict(partial(curves[0]), [3e11, 1e11])
+    with pytest.raises(ParameterError, match="horizons or fractions"):
+        predictor.predict_many([curves[0]], [[1.0]], fractions=[1.0])
+
+
+def test_one_point_curve_gets_low_confidence_prior(predictor, curves):
+    p = predictor.predict(curves[0].prefix(1))
+    assert p.low_confidence
+    assert p.scores.shape == (8, 3)
+    assert np.all(np.diff(p.scores, axis=1) >= 0)
+
+
+def test_calibrated_interval_covers_calibration_rows(predictor):
+    metrics = predictor.metrics_
+    assert 0.7 <= metrics["coverage_outer_calibrated"] <= 0.9
+
+
+def test_save_load_round_trip_gives_identical_predictions(predictor, saved, curves):
+    loaded = Predictor.load(saved)
+    for curve in (partial(curves[2]), curves[3].prefix(1), partial(curves[4], 2)):
+        np.testing.assert_array_equal(loaded.predict(curve).scores, predictor.predict(curve).scores)
+    manifest = json.loads((saved / MANIFEST).read_text())
+    assert manifest["feature_version"] == FEATURE_VERSION
+    assert set(manifest["files"]) == {"quantile_0.1.txt", "quantile_0.5.txt", "quantile_0.9.txt"}
+
+
+def test_no_pickle_in_saved_model(saved):
+    for path in saved.iterdir():
+        assert path.suffix in {".txt", ".json"}
+        assert not path.read_bytes().startswith(b"\x80")  # pickle protocol header
+
+
+def test_tampered_model_file_is_detected(saved):
+    path = saved / "quantile_0.5.txt"
+    path.write_text(path.read_text().replace("shrinkage", "shrinkagX", 1))
+    with pytest.raises(ModelError, match=re.escape("quantile_0.5.txt") + ".*tampered"):
+        Predictor.load(saved)
+
+
+def test_truncated_model_file_is_detected(saved):
+    path = saved / "quantile_0.9.txt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelError, match=re.escape("quantile_0.9.txt") + ".*truncated"):
+        Predictor.load(saved)
+
+
+def test_missing_model_file_is_detected(saved):
+    (saved / "quantile_0.1.txt").unlink()
+    with pytest.raises(ModelError, match=re.escape("quantile_0.1.txt") + ": missing"):
+        Predictor.load(saved)
+
+
+def test_missing_and_truncated_manifest_are_detected(saved, tmp_path):
+    text = (saved / MANIFEST).read_text()
+    (saved / MANIFEST).write_text(text[: len(text) // 2])
+    with pytest.raises(ModelError, match="manifest.json: not a valid JSON"):
+        Predictor.load(saved)
+    with pytest.raises(ModelError, match="manifest.json: missing"):
+        Predictor.load(tmp_path / "nowhere")
+
+
+def test_wrong_feature_version_is_detected(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["feature_version"] = "0-old"
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="manifest.json: incompatible feature version '0-old'"):
+        Predictor.load(saved)
+
+
+def test_unfitted_predictor_raises(curves):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        Predictor().predict(curves[0])
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"quantiles": (0.5, 0.1)}, "quantiles must be"),
+    ({"quantiles": (0.1, 0.5, 0.8)}, "symmetric"),
+    ({"n_estimators": 0}, "n_estimators must be"),
+    ({"calibration_share": 1.5}, "calibration_share must be"),
+])
+def test_bad_parameters_are_rejected_at_fit(curves, params, match):
+    with pytest.raises(ParameterError, match=match):
+        Predictor(**params).fit(curves)
+
+
+def test_holdout_split_is_deterministic_and_grouped(curves):
+    train, test = split_holdout(curves)
+    assert len(train) + len(test) == len(curves)
+    train_groups = {holdout_group(c) for c in train}
+    assert not train_groups & {holdout_group(c) for c in test}
+    assert all(is_held_out(holdout_group(c)) for c in test)
+    assert split_holdout(curves)[1].ids == test.ids
+
+
+def test_default_horizons_end_at_budget():
+    curve = Curve("c", [1.0, 2.0], [0.1, 0.2], budget=10.0)
+    h = default_horizons(curve)
+    assert len(h) == 8 and h[-1] == 10.0 and h[0] > 2.0
+    done = Curve("d", [1.0, 2.0], [0.1, 0.2])
+    assert default_horizons(done).tolist() == [2.0]
+
+
+def test_shipped_default_model_loads_and_was_not_trained_on_held_out_groups():
+    if not (DEFAULT_DIR / MANIFEST).exists():
+        pytest.skip("models/default not built yet")
+    model = Predictor.load()
+    assert model.training_["n_curves_in_holdout"] == 0
+    p = model.predict(Curve("c", [1e9, 2e9, 4e9], [0.1, 0.2, 0.25], budget=1e10))
+    assert np.all(np.diff(p.scores, axis=1) >= 0)
