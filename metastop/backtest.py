@@ -554,7 +554,7 @@ METASTOP = "metastop"
 IMPROVEMENT_PROBABILITY = "improvement-probability"
 STANDARD_POLICIES = (METASTOP, "patience-3", "patience-5", "patience-10",
                      IMPROVEMENT_PROBABILITY, ORACLE)
-PRICE_SWEEP = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5)
+PRICE_SWEEP = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 """Prices swept for the metastop frontier: one point is worth this share of the budget."""
 PATIENCE_SWEEP = (1, 2, 3, 4, 5, 7, 10, 15, 20)
 PROBABILITY_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35)

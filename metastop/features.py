@@ -8,10 +8,12 @@ for a padded batch of curves (``PrefixBatch``) so that training and batch predic
 vectorised; calling a registered feature on one curve runs that same code on a batch of one.
 
 Values are expressed relative to the best score so far and divided by the curve's scale
-``S = max(range of observed scores, 0.01 * max |score|, 0.01)``, so accuracies in [0, 1]
+``S = max(range of the recent third of the scores, 0.01 * their max |score|, 0.01)``
+(``curve_scale``), so accuracies in [0, 1]
 and losses of 3 to 11 share one model: value features are invariant to adding a constant to
 the scores and to multiplying them by a positive factor (while the range dominates the
-floors), except ``scale_ratio`` (scale over magnitude), which tells losses from accuracies.
+floors), except ``scale_ratio`` (scale over magnitude), ``best_level`` and ``headroom_rel``, which
+tell losses from accuracies and how close a bounded metric is to 1.
 Families are fitted to ``(score - min) / S``, so even ``logpower`` (no offset) is
 shift-invariant. The prediction target is the same relative value at the
 horizon: ``(score(horizon) - best) / S`` (see ``relative_target``).
@@ -34,13 +36,13 @@ import numpy as np
 from .errors import ParameterError
 from .fits import FAMILY_NAMES, X_MIN, FitBatch, fit_families
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 """Bumped whenever a feature's meaning changes; saved models record it (see predictor)."""
 
 MAX_FIT_POINTS = 24
 """Points kept per curve for fits and window features: the last 16 and 8 spread before."""
 _RECENT_POINTS = 16
-REL_CLIP = 50.0
+REL_CLIP = 100.0
 """Relative values (in units of the curve's scale) are clipped to [-REL_CLIP, REL_CLIP]."""
 
 
@@ -131,10 +133,16 @@ class PrefixBatch:
 
 
 def curve_scale(scores: np.ndarray) -> float:
-    """The scale ``S`` of a curve: its range, floored at 1% of its magnitude and at 0.01."""
+    """The scale ``S`` of a curve: the range of its recent third (at least 3 points),
+    floored at 1% of their magnitude and at 0.01.
+
+    Recent points, because early ones can be orders of magnitude away (a perplexity
+    falling from 3e6 to 100) and would make every later change look like zero.
+    """
     scores = np.asarray(scores, dtype=np.float64)
-    spread = float(scores.max() - scores.min())
-    return max(spread, 0.01 * float(np.abs(scores).max()), 0.01)
+    recent = scores[-max(3, -(-len(scores) // 3)):]
+    spread = float(recent.max() - recent.min())
+    return max(spread, 0.01 * float(np.abs(recent).max()), 0.01)
 
 
 def relative_target(value: np.ndarray, best: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -255,8 +263,16 @@ _register("slope_last6")(lambda b: _linear(b, 6)[0])
 _register("slope_all")(lambda b: _linear(b, MAX_FIT_POINTS)[0])
 _register("curvature")(lambda b: _linear(b, 3)[0] - _linear(b, MAX_FIT_POINTS)[0])
 _register("noise")(lambda b: _linear(b, 6)[1])
-_register("range_ratio")(lambda b: (b.best - b.low) / b.scale)
+_register("range_ratio")(lambda b: np.minimum((b.best - b.low) / b.scale, 1e4))
 _register("scale_ratio")(lambda b: b.scale / np.maximum(np.abs(b.best), b.scale))
+_register("best_level")(lambda b: np.sign(b.best) * np.log1p(np.abs(b.best)))
+
+
+@_register("headroom_rel")
+def _headroom_rel(batch: PrefixBatch) -> np.ndarray:
+    """``(1 - best) / S`` for curves within [0, 1] (room left to a perfect score), else -1."""
+    bounded = (batch.low >= 0.0) & (batch.best <= 1.0)
+    return np.where(bounded, np.minimum((1.0 - batch.best) / batch.scale, REL_CLIP), -1.0)
 
 
 def _family_rmse(family: str) -> Callable[[PrefixBatch], np.ndarray]:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .curves import MAXIMIZE, MINIMIZE, CurveSet
-from .errors import CurveError, MetastopError, ParameterError, ReadError
+from .errors import CurveError, ParameterError, ReadError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ _FORMAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, Overflow
 def detect_format(path: str | os.PathLike) -> str:
     """Name the format of ``path``: ``long``, ``trainer_state``, ``tensorboard`` or ``wide``.
 
-    Tables are told apart by content (a ``curve_id`` column means long, a step column
-    without it means wide), JSON files by their ``log_history`` key.
+    Tables are told apart by content (a ``curve_id`` or ``value`` column means long, a
+    step column without them means wide); a ``.json`` file is read as a Trainer state,
+    which must hold a ``log_history`` list; ``events.out.tfevents.*`` names are TensorBoard.
     """
     path = Path(path)
     if path.is_dir():
@@ -114,13 +115,26 @@ def read_curves(path: str | os.PathLike, *, on_error: str = "fail", format: str 
         >>> read_curves("data/sample_curves.parquet")  # doctest: +SKIP
         CurveSet(36 curves, 610 points)
     """
-    path = Path(path)
-    kind = detect_format(path) if format is None else format
-    if kind not in FORMATS:
+    return _read(Path(path), on_error=on_error, format=format, options=options)[1]
+
+
+def _read(path: Path, *, on_error: str, format: str | None,
+          options: Mapping[str, Any]) -> tuple[str, CurveSet]:
+    """``(format, curves)``; a table is read from disk once, for detection and reading."""
+    if format is not None and format not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got format={format!r}")
+    if format in (None, LONG, WIDE) and path.suffix in TABLE_SUFFIXES and path.is_file():
+        frame = _read_frame(path)
+        kind = format or _detect_table(frame, path)
+        chosen = _applicable(kind, options)
+        if kind == LONG:
+            return kind, long_table_curves(frame, source=str(path), on_error=on_error, **chosen)
+        chosen["run_id"] = chosen.get("run_id") or path.stem
+        return kind, wide_table_curves(frame, source=str(path), on_error=on_error, **chosen)
+    kind = format or detect_format(path)
     readers = {LONG: read_long_table, TRAINER_STATE: read_trainer_state,
                TENSORBOARD: read_tensorboard, WIDE: read_wide_table}
-    return readers[kind](path, on_error=on_error, **_applicable(kind, options))
+    return kind, readers[kind](path, on_error=on_error, **_applicable(kind, options))
 
 
 _OPTIONS = {
@@ -190,9 +204,8 @@ def read_sources(paths: Iterable[str | os.PathLike], *, on_error: str = "fail",
     curves, summaries, seen = [], [], set()
     for path in paths:
         try:
-            kind = detect_format(path)
-            got = read_curves(path, on_error=on_error, format=kind, **options)
-        except MetastopError as error:
+            kind, got = _read(Path(path), on_error=on_error, format=None, options=options)
+        except (CurveError, ReadError) as error:  # a bad parameter (ParameterError) still fails
             if on_error != "skip":
                 raise
             summaries.append(SourceSummary(str(path), None, 0, 0, dropped=(str(error),)))
@@ -241,7 +254,8 @@ def long_table_curves(frame: pd.DataFrame, *, source: str | None = None, on_erro
                       budget_column: str | None = None) -> CurveSet:
     """Validate an in-memory long table (see ``read_long_table``)."""
     if tokens_column is None:
-        tokens_column = "tokens" if "tokens" in frame.columns or "step" not in frame.columns else "step"
+        use_step = "tokens" not in frame.columns and "step" in frame.columns
+        tokens_column = "step" if use_step else "tokens"
     if budget_column is None:
         budget_column = ("total_steps" if tokens_column == "step" and "total_steps" in frame.columns
                          else "budget")
@@ -311,7 +325,8 @@ def _rescale(values: np.ndarray, metric: str, scale: float | None, *, source: st
         return values, None
     over = np.flatnonzero(np.abs(finite) > 100.0 + 1e-9)
     if over.size:
-        raise CurveError(f"{metric} looks like a 0-100 score but {values[over[0]]!r} is above 100",
+        raise CurveError(f"{metric} looks like a 0-100 score but "
+                         f"{float(values[over[0]])!r} is above 100",
                          source=source, curve=curve, row=int(rows[over[0]]))
     return values / 100.0, 100.0
 
@@ -478,7 +493,8 @@ def _trainer_budget(state: dict, tokens: np.ndarray, tokens_per_step: float | No
         return None
     rate = tokens_per_step
     if rate is None:
-        seen, step = _as_float(state.get("num_input_tokens_seen")), _as_float(state.get("global_step"))
+        seen = _as_float(state.get("num_input_tokens_seen"))
+        step = _as_float(state.get("global_step"))
         rate = seen / step if np.isfinite(seen) and np.isfinite(step) and step > 0 else None
     if rate is None or not np.isfinite(max_steps * rate):
         return None
@@ -606,8 +622,10 @@ def _pick_tag(scalars: Mapping[str, Any], metric: str | None, *, source: str) ->
              or t.rsplit("/", 1)[-1] == metric]
     if len(candidates) >= 1 and (metric is None or len(candidates) == 1):
         return candidates[0]
-    asked = "an exact-match tag (eval/exact_match, eval/em)" if metric is None else f"tag {metric!r}"
-    problem = f"{len(candidates)} tags match {metric!r}: {candidates}" if candidates else f"no {asked}"
+    asked = ("an exact-match tag (eval/exact_match, eval/em)" if metric is None
+             else f"tag {metric!r}")
+    problem = (f"{len(candidates)} tags match {metric!r}: {candidates}" if candidates
+               else f"no {asked}")
     raise CurveError(f"{problem}; scalar tags present: {tags or 'none'}; pick one with metric=",
                      source=source)
 
@@ -719,7 +737,8 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
     bad = (numbers.isna() & raw.notna()).to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise CurveError(f"{column} must be a number, got {raw.iloc[row]!r}", source=source, row=row)
+        raise CurveError(f"{column} must be a number, got {raw.iloc[row]!r}", source=source,
+                         row=row)
     return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
 
 

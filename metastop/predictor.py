@@ -50,6 +50,7 @@ BUCKET_EDGES = (0.15, 0.35, 0.65)
 """Observed-fraction buckets (edges) for calibration offsets and the prior."""
 _CALIBRATION_SALT = "metastop-calibration-v1:"
 _PRIOR_FLOOR = 0.01
+_MIN_WIDTH = 1e-3
 
 
 def default_horizons(curve: Curve, n: int = N_DEFAULT_HORIZONS) -> np.ndarray:
@@ -77,7 +78,6 @@ class _Rows:
     weight: np.ndarray
     group: np.ndarray
     fraction: np.ndarray
-    prior_gain: np.ndarray
     is_final: np.ndarray
 
 
@@ -103,8 +103,8 @@ class Predictor:
         >>> p.save("models/mine"); Predictor.load("models/mine")  # doctest: +SKIP
     """
 
-    def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 300,
-                 learning_rate: float = 0.05, num_leaves: int = 63, min_child_samples: int = 100,
+    def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 150,
+                 learning_rate: float = 0.08, num_leaves: int = 31, min_child_samples: int = 100,
                  max_prefixes: int = 6, max_horizons: int = 4, calibration_share: float = 0.2,
                  num_threads: int = 1, random_state: int = 0):
         self.quantiles = quantiles
@@ -174,7 +174,7 @@ class Predictor:
         raw = self._raw_predict(rows.X[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], rows.fraction[~fit_part],
                                                self.quantiles)
-        self.prior_ = _prior(rows, self.quantiles)
+        self.prior_ = _prior(usable, self.quantiles)
         self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
         self.training_ = {
             "sources": [dict(s) for s in sources],
@@ -224,9 +224,10 @@ class Predictor:
         return np.stack([b.predict(X, num_threads=threads) for b in self.boosters_], axis=1)
 
     def _calibrated(self, raw: np.ndarray, fraction: np.ndarray) -> np.ndarray:
-        """Apply the conformal offsets (per observed-fraction bucket) and sort quantiles."""
-        offsets = np.asarray(self.calibration_["offsets"])[_bucket(fraction)]
-        return np.sort(raw + offsets, axis=1)
+        """Sort the quantiles, then widen each symmetric pair by its conformal factor
+        (per observed-fraction bucket) times the pair's predicted width."""
+        return _apply_conformal(np.sort(raw, axis=1),
+                                np.asarray(self.calibration_["factors"])[_bucket(fraction)])
 
     def predict(self, curve: Curve, horizons: Sequence[float] | None = None) -> Prediction:
         """Predict ``curve`` at ``horizons`` (tokens; default: 8 points up to the budget)."""
@@ -295,7 +296,7 @@ class Predictor:
     def _prior_prediction(self, curve: Curve, horizons: np.ndarray) -> Prediction:
         best = float(curve.scores.max())
         bucket = int(_bucket(np.array([curve.fraction_seen]))[0])
-        gains = np.asarray(self.prior_["gain_quantiles"])[bucket]
+        gains = np.asarray(self.prior_["gain_quantiles"])[_prior_kind(best), bucket]
         remaining = curve.budget - curve.last_tokens
         share = (np.clip((horizons - curve.last_tokens) / remaining, 0.0, 1.0) if remaining > 0
                  else np.ones_like(horizons))
@@ -415,47 +416,80 @@ def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: lis
     X = feature_matrix(batch, xh)[valid]
     rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
-    prior_gain = (target[valid] - rep(batch.best)) / np.maximum(np.abs(rep(batch.best)), _PRIOR_FLOOR)
     group = rep(calibration[np.asarray(owners)].astype(int))
-    return (X.astype(np.float32), y, rep(1.0 / counts), group, rep(batch.x_last), prior_gain,
-            final[valid])
+    return X.astype(np.float32), y, rep(1.0 / counts), group, rep(batch.x_last), final[valid]
 
 
 # --- calibration, prior, metrics -------------------------------------------------------------
+def _pair_widths(q: np.ndarray) -> np.ndarray:
+    """Width of each symmetric quantile pair (``(n, n_q // 2)``), floored at ``_MIN_WIDTH``."""
+    n_q = q.shape[1]
+    return np.maximum(q[:, n_q - 1 - np.arange(n_q // 2)] - q[:, :n_q // 2], _MIN_WIDTH)
+
+
+def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Widen pair ``i`` by ``factors[:, i] * width`` on each side (narrow if negative)."""
+    n_q = q.shape[1]
+    delta = factors * _pair_widths(q)
+    out = q.copy()
+    out[:, :n_q // 2] -= delta
+    out[:, n_q - 1 - np.arange(n_q // 2)] += delta
+    return np.sort(out, axis=1)
+
+
 def _conformal_offsets(raw: np.ndarray, y: np.ndarray, fraction: np.ndarray,
                        quantiles: Sequence[float]) -> dict[str, Any]:
-    """CQR offsets per observed-fraction bucket for every symmetric pair of quantiles.
+    """Width-normalised CQR factors per observed-fraction bucket and quantile pair.
 
     For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo`` the conformity score of a
-    calibration row is ``max(lo - y, y - hi)``; its ``ceil((n + 1) c) / n`` empirical
-    quantile widens (or, if negative, narrows) the interval on each side.
+    calibration row is ``max(lo - y, y - hi) / (hi - lo)`` (CQR with scores normalised by
+    the predicted width, so wide and narrow intervals are corrected in proportion); its
+    ``ceil((n + 1) c) / n`` empirical quantile is the factor.
     """
     n_q = len(quantiles)
+    raw = np.sort(raw, axis=1)
     buckets = _bucket(fraction)
-    offsets = np.zeros((len(BUCKET_EDGES) + 1, n_q))
+    widths = _pair_widths(raw)
+    factors = np.zeros((len(BUCKET_EDGES) + 1, n_q // 2))
     for b in range(len(BUCKET_EDGES) + 1):
         rows = buckets == b if (buckets == b).sum() >= 50 else np.ones_like(buckets, dtype=bool)
         for lo in range(n_q // 2):
             hi = n_q - 1 - lo
-            score = np.maximum(raw[rows, lo] - y[rows], y[rows] - raw[rows, hi])
+            score = np.maximum(raw[rows, lo] - y[rows], y[rows] - raw[rows, hi]) / widths[rows, lo]
             level = min(1.0, np.ceil((len(score) + 1) * (quantiles[hi] - quantiles[lo])) / len(score))
-            e = float(np.quantile(score, level, method="higher"))
-            offsets[b, lo], offsets[b, hi] = -e, e
-    return {"bucket_edges": list(BUCKET_EDGES), "offsets": offsets.tolist(),
-            "method": "split-conformal CQR (Romano et al. 2019) per observed-fraction bucket"}
+            factors[b, lo] = float(np.quantile(score, level, method="higher"))
+    return {"bucket_edges": list(BUCKET_EDGES), "factors": factors.tolist(),
+            "method": "split-conformal CQR (Romano et al. 2019), scores normalised by the "
+                      "predicted interval width, per observed-fraction bucket"}
 
 
-def _prior(rows: _Rows, quantiles: Sequence[float]) -> dict[str, Any]:
-    """Quantiles of the relative final gain ``(final - best) / max(|best|, 0.01)`` per bucket."""
-    gains = rows.prior_gain[rows.is_final]
-    buckets = _bucket(rows.fraction[rows.is_final])
+def _prior_kind(score: float) -> int:
+    """0 for non-negative first scores (accuracy-like), 1 for negative ones (losses)."""
+    return int(score < 0)
+
+
+def _prior(curves: list[Curve], quantiles: Sequence[float]) -> dict[str, Any]:
+    """Quantiles of the relative final gain from a curve's first point, per kind and bucket.
+
+    The gain is ``(final score - first score) / max(|first score|, 0.01)``; kinds are
+    ``_prior_kind`` of the first score; buckets are the first point's budget fraction.
+    Sparse cells (< 20 curves) fall back to the kind, then to all curves.
+    """
+    first = np.array([c.scores[0] for c in curves])
+    gain = (np.array([c.scores[-1] for c in curves]) - first) / np.maximum(np.abs(first), _PRIOR_FLOOR)
+    kind = (first < 0).astype(int)
+    bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]))
     table = []
-    for b in range(len(BUCKET_EDGES) + 1):
-        part = gains[buckets == b] if (buckets == b).sum() >= 20 else gains
-        table.append(np.quantile(part, quantiles).tolist())
+    for k in (0, 1):
+        fallback = gain[kind == k] if (kind == k).sum() >= 20 else gain
+        table.append([np.quantile(gain[(kind == k) & (bucket == b)]
+                                  if ((kind == k) & (bucket == b)).sum() >= 20 else fallback,
+                                  quantiles).tolist()
+                      for b in range(len(BUCKET_EDGES) + 1)])
     return {"bucket_edges": list(BUCKET_EDGES), "gain_quantiles": table,
-            "gain": "(final score - best score) / max(|best score|, 0.01), scaled linearly "
-                    "in tokens from now to the budget"}
+            "gain": "(final score - first score) / max(|first score|, 0.01), per kind (0: "
+                    "first score >= 0, 1: < 0) and first-point budget-fraction bucket; scaled "
+                    "linearly in tokens from now to the budget"}
 
 
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
@@ -465,9 +499,11 @@ def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
     inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
     inside = (cal[:, 0] <= y) & (y <= cal[:, -1])
     median = cal[:, len(predictor.quantiles) // 2]
+    final = rows.is_final[part]
     return {"calibration_rows": int(part.sum()),
             "coverage_outer_raw": float(inside_raw.mean()),
             "coverage_outer_calibrated": float(inside.mean()),
+            "coverage_outer_calibrated_final": float(inside[final].mean()),
             "nominal_outer": float(predictor.quantiles[-1] - predictor.quantiles[0]),
             "median_abs_error_relative": float(np.mean(np.abs(median - y)))}
 

@@ -63,7 +63,8 @@ def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, A
                     "holdout_rule": RULE, "seed": seed}
 
 
-def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int) -> dict[str, Any]:
+def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int,
+                 png_dir: Path | None = None) -> dict[str, Any]:
     from metastop.backtest import compare, run_suite
 
     curves, source = held_out(name, limit, seed)
@@ -79,6 +80,13 @@ def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int) -> dic
         "by_task": {task: r.summary() for task, r in metastop.by_task().items()},
     })
     data["targets"] = targets(suite, applies=CORPORA[name][2])
+    if png_dir is not None:
+        from metastop.plotting import frontier_plot
+
+        points = {r.name: (r.token_savings_mean, r.em_loss_mean) for r in suite.reports}
+        png = frontier_plot(suite.frontiers, Path(png_dir) / f"bench_stopping_{name}.png", points,
+                            title=f"{name}: {len(curves)} held-out curves, keep-best")
+        data["png"] = str(png)
     return data
 
 
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in names:
         print(f"{name}: backtesting held-out curves ...", file=sys.stderr, flush=True)
-        results[name] = bench_corpus(name, predictor, args.limit or None, args.seed)
+        results[name] = bench_corpus(name, predictor, args.limit or None, args.seed,
+                                     Path(args.out).parent)
     report = {"settings": {"price": DEFAULT_PRICE.to_dict(), "risk": DEFAULT_RISK,
                            "limit": args.limit, "seed": args.seed, "model": args.model or "models/default",
                            "targets": TARGETS, "skipped_corpora": missing},

@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--max-curves", type=int, default=None,
                         help="cap on curves per corpus (default: 12000 LCDB, 3000 arithmetic, "
                              "all others)")
-    parser.add_argument("--n-estimators", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--n-estimators", type=int, default=150)
+    parser.add_argument("--learning-rate", type=float, default=0.08)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

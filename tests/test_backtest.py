@@ -370,7 +370,7 @@ def test_run_suite_json_and_utility():
     assert contract_problems(data) == []
     assert [p["name"] for p in data["policies"]] == list(STANDARD_POLICIES)
     assert set(data["frontier"]) == {"metastop", "patience", "improvement-probability", "oracle"}
-    assert len(data["frontier"]["patience"]) == 9
+    assert len(data["frontier"]["patience"]) == 9 and len(data["frontier"]["metastop"]) == 13
     utility = data["utility"]["policies"]
     assert utility["oracle"]["share_of_oracle_gain"] == pytest.approx(1.0)
     for name in STANDARD_POLICIES:

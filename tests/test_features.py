@@ -11,8 +11,8 @@ from metastop.features import (FEATURE_NAMES, FEATURE_VERSION, MAX_FIT_POINTS, R
 TOKENS = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
 SCORES = np.array([0.10, 0.30, 0.38, 0.45, 0.43, 0.50])
 BUDGET = 128.0
-# Features whose value depends on the absolute level of the scores (documented exceptions).
-NOT_SHIFT_INVARIANT = {"scale_ratio"}
+# Features that depend on the absolute level of the scores (documented exceptions).
+LEVEL_FEATURES = {"scale_ratio", "best_level", "headroom_rel"}
 
 
 def test_registry_names_are_the_column_names_and_version_is_set():
@@ -26,7 +26,7 @@ def test_known_values_of_simple_features():
     assert f["frac_seen"] == pytest.approx(32 / 128)
     assert f["n_points"] == 6
     assert f["last_rel"] == 0.0  # the last point is the best
-    assert f["first_rel"] == pytest.approx(-1.0)  # (0.1 - 0.5) / range 0.4
+    assert f["first_rel"] == pytest.approx(-0.4 / 0.07)  # scale: range of the last 3 points
     assert f["best_age_points"] == 0
     assert f["h_log_ratio"] == pytest.approx(np.log(4.0))
     assert f["h_frac"] == 1.0
@@ -53,9 +53,15 @@ def test_value_features_are_scale_and_shift_invariant(factor, shift):
     base = features_of(TOKENS, SCORES, BUDGET, horizon=BUDGET)
     moved = features_of(TOKENS, SCORES * factor + shift, BUDGET, horizon=BUDGET)
     for name in FEATURE_NAMES:
-        if shift != 0.0 and name in NOT_SHIFT_INVARIANT:
+        if name in LEVEL_FEATURES:
             continue
         assert moved[name] == pytest.approx(base[name], rel=1e-4, abs=1e-4), name
+
+
+def test_headroom_only_for_curves_within_unit_interval():
+    assert features_of(TOKENS, SCORES, BUDGET, horizon=BUDGET)["headroom_rel"] == \
+        pytest.approx(0.5 / 0.07)
+    assert features_of(TOKENS, SCORES - 5.0, BUDGET, horizon=BUDGET)["headroom_rel"] == -1.0
 
 
 def test_cost_unit_does_not_matter():
@@ -65,8 +71,9 @@ def test_cost_unit_does_not_matter():
         assert scaled[name] == pytest.approx(base[name], rel=1e-6, abs=1e-9), name
 
 
-def test_scale_is_range_with_floors():
+def test_scale_is_recent_range_with_floors():
     assert curve_scale(np.array([3.0, 5.0])) == 2.0
+    assert curve_scale(np.array([-3e6, -1e5, -300.0, -120.0, -100.0])) == pytest.approx(200.0)
     assert curve_scale(np.array([0.0, 0.0])) == 0.01
     assert curve_scale(np.array([-11.0, -11.0])) == pytest.approx(0.11)
     assert relative_target(np.array([0.6]), 0.5, 0.1)[0] == pytest.approx(1.0)
