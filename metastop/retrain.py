@@ -294,7 +294,7 @@ def _dask_booster(predictor: Any, client: Any, quantile: float, X: np.ndarray, y
     """One quantile booster trained with ``lightgbm.dask`` on the client's cluster.
 
     The hyper-parameters mirror ``Predictor._train_one`` (same objective, leaves, rates,
-    bagging and seed); the rows are split into one chunk per worker.
+    bagging and seed); the rows are shuffled, then split into one chunk per worker.
     """
     import dask.array as da
     import lightgbm.dask as lgb_dask
@@ -303,6 +303,10 @@ def _dask_booster(predictor: Any, client: Any, quantile: float, X: np.ndarray, y
 
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     rows = max(1, math.ceil(len(X) / n_workers))
+    # Rows arrive grouped by curve (and so by task); give every worker a random share, since
+    # LightGBM averages the per-worker quantiles when it renews the leaves of a quantile tree.
+    order = np.random.default_rng(predictor.random_state).permutation(len(X))
+    X, y, weight = X[order], y[order], weight[order]
     model = lgb_dask.DaskLGBMRegressor(
         client=client, objective="quantile", alpha=float(quantile),
         n_estimators=predictor.n_estimators, learning_rate=predictor.learning_rate,

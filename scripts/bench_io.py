@@ -167,7 +167,7 @@ def print_table(results: list[dict]) -> None:
         target = f" (target < {r['target_s']:g})" if "target_s" in r else ""
         table.add_row(r["case"], f"{r['curves']:,}", f"{r['rows']:,}", "total" + target,
                       f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", f"{r['peak_rss_mb']:.0f}")
-    Console().print(table)
+    Console(width=110).print(table)
     print(f"load average {os.getloadavg()[0]:.1f} on {_cpus()} CPUs: wall times include "
           "waiting for other processes; CPU s is this process's own time (all threads).")
 
