@@ -15,7 +15,7 @@ _EXPORTS = {
     "Curve": "curves", "CurveSet": "curves",
     "MetastopError": "errors", "CurveError": "errors", "ReadError": "errors",
     "ParameterError": "errors", "ModelError": "errors", "NotFittedError": "errors",
-    "read_curves": "ingest",
+    "read_curves": "ingest", "read_sources": "ingest", "detect_format": "ingest",
     "Decision": "decision", "Reason": "decision", "Prediction": "prediction",
     "Price": "prices", "PriceBook": "prices",
     "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",

@@ -13,6 +13,7 @@ higher is better, and ``Curve.to_metric`` maps scores back to the metric's own u
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,20 @@ CURVE_COLUMNS = ("run_id", "task", "metric", "direction", "budget")
 POINT_COLUMNS = ("step",)
 ON_ERROR = ("fail", "skip")
 
-# Metrics whose values are a share of examples: their scale (0-1 or 0-100) must agree.
-_BOUNDED_METRIC_HINTS = ("acc", "exact", "match", "em", "f1", "precision", "recall")
+# Words in a metric name that mark a share of examples: its scale (0-1 or 0-100) must agree.
+_BOUNDED_METRIC_WORDS = frozenset({"em", "acc", "accuracy", "f1", "precision", "recall"})
+
+
+def is_bounded_metric(name: str) -> bool:
+    """Whether a metric is a share of examples (EM, accuracy, F1), logged on 0-1 or 0-100.
+
+    Example:
+        >>> is_bounded_metric("eval_exact_match"), is_bounded_metric("acc_norm"), is_bounded_metric("embedding_norm")
+        (True, True, False)
+    """
+    lowered = name.lower()
+    words = set(re.split(r"[^a-z0-9]+", lowered))
+    return "exact_match" in lowered or bool(words & _BOUNDED_METRIC_WORDS)
 
 
 def _as_array(values: Any, name: str, curve_id: str) -> np.ndarray:
@@ -486,9 +499,7 @@ class _TableBuilder:
     def _check_scales(self, attrs: dict[str, np.ndarray]) -> None:
         """A bounded metric (accuracy, EM, F1) must use one scale, 0-1 or 0-100, across curves."""
         metrics = pd.Series(attrs["metric"]).astype("string").str.lower()
-        bounded = metrics.fillna("").map(
-            lambda m: any(h == m or h in m.replace("-", "_").split("_") or m.startswith(h)
-                          for h in _BOUNDED_METRIC_HINTS)).to_numpy(dtype=bool)
+        bounded = metrics.fillna("").map(is_bounded_metric).to_numpy(dtype=bool)
         if not bounded.any():
             return
         peak = np.maximum.reduceat(np.abs(np.nan_to_num(self.values)), self.starts)

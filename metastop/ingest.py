@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .curves import MAXIMIZE, MINIMIZE, CurveSet
+from .curves import MAXIMIZE, MINIMIZE, CurveSet, is_bounded_metric
 from .errors import CurveError, ParameterError, ReadError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ TOKEN_COLUMNS = ("tokens", "num_input_tokens_seen", "train/num_input_tokens_seen
 _NOT_METRICS = re.compile(r"(^_|timestamp|runtime|wall ?time|^time$|epoch|__MIN$|__MAX$|"
                           r"_per_second$|total_flos|num_input_tokens_seen)", re.IGNORECASE)
 _MINIMIZE_HINTS = ("loss", "perplexity", "ppl", "error", "wer", "cer", "mse", "mae", "rmse")
-_BOUNDED_HINTS = ("exact_match", "em", "acc", "accuracy", "f1", "precision", "recall")
 _FORMAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError,
                   RecursionError, UnicodeDecodeError, pd.errors.ParserError)
 
@@ -294,13 +293,6 @@ def metric_direction(name: str) -> str:
     """``minimize`` for loss-like metric names (loss, perplexity, error rates), else ``maximize``."""
     words = set(re.split(r"[^a-z0-9]+", name.lower()))
     return MINIMIZE if words & set(_MINIMIZE_HINTS) or "loss" in name.lower() else MAXIMIZE
-
-
-def is_bounded_metric(name: str) -> bool:
-    """Whether a metric is a share of examples (EM, accuracy, F1) logged on 0-1 or 0-100."""
-    lowered = name.lower()
-    words = set(re.split(r"[^a-z0-9]+", lowered))
-    return "exact_match" in lowered or bool(words & set(_BOUNDED_HINTS))
 
 
 def _metric_name(key: str) -> str:
