@@ -504,7 +504,7 @@ class _TableBuilder:
             return
         peak = np.maximum.reduceat(np.abs(np.nan_to_num(self.values)), self.starts)
         for metric in metrics[bounded].unique():
-            codes = np.flatnonzero((metrics == metric).to_numpy(dtype=bool) & bounded)
+            codes = np.flatnonzero((metrics == metric).fillna(False).to_numpy(dtype=bool) & bounded)
             percent = peak[codes] > 1.0 + 1e-9
             if percent.any() and not percent.all():
                 odd_code = codes[percent][0] if percent.sum() < (~percent).sum() else codes[~percent][0]

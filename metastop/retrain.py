@@ -60,6 +60,8 @@ PROMOTION_RULE = (
     "default price (points per curve) is not lower than the champion's by more than "
     "{tolerance:g}; --force promotes regardless; with no usable champion the challenger is "
     "promoted")
+MAX_EVAL_CURVES = 2000
+"""At most this many held-out curves are evaluated (the same hash-chosen ones for both models)."""
 FINISHED_SHARE = 0.98
 """A logged run counts as finished when its last tokens reach this share of its budget."""
 MAX_LISTED = 200
@@ -503,6 +505,7 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
             raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left {len(train)} training "
                                  f"and {len(test)} held-out curves; retraining needs curves "
                                  f"from more runs")
+        evaluated = eval_sample(test)
         champion_name, champion, champion_info = _load_champion(registry)
         challenger_params = {**_champion_params(champion), **dict(params or {})}
         log.info("training a challenger on %d curves (%d held out)", len(train), len(test))
@@ -512,8 +515,8 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
         fit_s = time.perf_counter() - started_fit
         stage = fitted.save(out / "challenger")
         challenger = Predictor.load(stage)
-        challenger_eval = evaluate(challenger, test)
-        champion_eval = evaluate(champion, test) if champion is not None else None
+        challenger_eval = evaluate(challenger, evaluated)
+        champion_eval = evaluate(champion, evaluated) if champion is not None else None
         verdict = promotion_verdict(champion_eval, challenger_eval, force=force,
                                     min_improvement=min_improvement)
         promoted_as = None
@@ -532,6 +535,14 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
         verdict=verdict, promoted_as=promoted_as, out=str(out))
     write_report(result, out)
     return result
+
+
+def eval_sample(curves: CurveSet, limit: int = MAX_EVAL_CURVES) -> CurveSet:
+    """At most ``limit`` curves, chosen by the SHA-256 of their ids (stable across runs)."""
+    if len(curves) <= limit:
+        return curves
+    keyed = sorted(curves, key=lambda c: hashlib.sha256(c.curve_id.encode()).hexdigest())
+    return CurveSet(keyed[:limit])
 
 
 def _load_champion(registry: Registry) -> tuple[str, Any, dict[str, Any]]:

@@ -23,21 +23,25 @@ from metastop.generate.report import plot_shape_examples, summary_tables
 from metastop.generate.sweep import collect, run_sweep, sample_configs
 
 
-def parse_sweep(text: str) -> tuple[int, int, float]:
-    """Parse ``SEED:N_RUNS:SECONDS`` (e.g. ``0:360:4``)."""
+def parse_sweep(text: str) -> tuple[int, int, float, tuple[str, ...] | None]:
+    """Parse ``SEED:N_RUNS:SECONDS[:TASK+TASK...]`` (e.g. ``0:360:4`` or ``2:40:4:modular``)."""
     try:
-        seed, n_runs, seconds = text.split(":")
-        return int(seed), int(n_runs), float(seconds)
+        seed, n_runs, seconds, *tasks = text.split(":")
+        if len(tasks) > 1:
+            raise ValueError(text)
+        return int(seed), int(n_runs), float(seconds), tuple(tasks[0].split("+")) if tasks else None
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--sweep must look like SEED:N_RUNS:SECONDS (e.g. 0:360:4), got {text!r}") from None
+            f"--sweep must look like SEED:N_RUNS:SECONDS[:TASK+TASK] (e.g. 0:360:4), "
+            f"got {text!r}") from None
 
 
-def sweep_configs(specs: list[tuple[int, int, float]]) -> list:
+def sweep_configs(specs: list[tuple[int, int, float, tuple[str, ...] | None]]) -> list:
     """The configs of every sweep spec, in order, without duplicates."""
     configs = {}
-    for seed, n_runs, seconds in specs:
-        for config in sample_configs(n_runs=n_runs, seed=seed, seconds_per_run=seconds):
+    for seed, n_runs, seconds, tasks in specs:
+        for config in sample_configs(n_runs=n_runs, seed=seed, seconds_per_run=seconds,
+                                     tasks=tasks):
             configs.setdefault(config.run_id, config)
     return list(configs.values())
 
@@ -50,9 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "--figure data/em_curve_shapes.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=None,
-                        metavar="SEED:N_RUNS:SECONDS",
+                        metavar="SEED:N_RUNS:SECONDS[:TASKS]",
                         help="draw N_RUNS configs with sweep seed SEED, each sized to take about "
-                             "SECONDS of CPU; repeat to join sweeps (default 0:360:4)")
+                             "SECONDS of CPU, optionally only TASKS (joined by +); repeat to "
+                             "join sweeps (default 0:360:4)")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="parallel worker processes, one thread each (default 1)")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -74,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    configs = sweep_configs(args.sweep or [(0, 360, 4.0)])
+    configs = sweep_configs(args.sweep or [(0, 360, 4.0, None)])
     started = time.time()
 
     def progress(done: int, total: int, run_id: str, seconds: float | None) -> None:

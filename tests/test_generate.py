@@ -202,6 +202,10 @@ def test_sample_configs_is_seeded_varied_and_a_stable_prefix():
     assert len({c.schedule for c in configs}) == 4 and len({c.lr for c in configs}) > 2
     with pytest.raises(ParameterError, match="n_runs must be >= 1, got n_runs=0"):
         sample_configs(n_runs=0)
+    only = sample_configs(n_runs=10, seed=5, tasks=("modular", "qa"))
+    assert {c.task for c in only} <= {"modular", "qa"}
+    with pytest.raises(ParameterError, match=r"tasks must be a non-empty subset of .*got tasks=\('division',\)"):
+        sample_configs(n_runs=3, tasks=("division",))
 
 
 def test_importing_generate_does_not_import_torch():
@@ -274,4 +278,4 @@ def test_script_help_has_an_example_and_bad_sweep_is_named():
     assert out.returncode == 0 and "example: python scripts/generate_curves.py --sweep" in out.stdout
     bad = _script("--sweep", "0:many:4", "--collect-only")
     assert bad.returncode == 2
-    assert "--sweep must look like SEED:N_RUNS:SECONDS (e.g. 0:360:4), got '0:many:4'" in bad.stderr
+    assert "--sweep must look like SEED:N_RUNS:SECONDS[:TASK+TASK] (e.g. 0:360:4), got '0:many:4'" in bad.stderr

@@ -94,10 +94,10 @@ def _train_size(rng: random.Random, task: str, difficulty: int) -> int:
     return rng.choice(TRAIN_SIZES)
 
 
-def _draw_config(rng: random.Random, seconds_per_run: float):
+def _draw_config(rng: random.Random, seconds_per_run: float, tasks: tuple[str, ...]):
     from .train import RunConfig
 
-    task = rng.choice(sorted(DIFFICULTIES))
+    task = rng.choice(tasks)
     difficulty = rng.choice(DIFFICULTIES[task])
     d_model, n_layers, batch_size = rng.choice(WIDTHS), rng.choice(DEPTHS), rng.choice(BATCH_SIZES)
     steps = planned_steps(task, difficulty, d_model=d_model, n_layers=n_layers,
@@ -110,13 +110,15 @@ def _draw_config(rng: random.Random, seconds_per_run: float):
                      n_evals=N_EVALS, seed=rng.choice(SEEDS))
 
 
-def sample_configs(*, n_runs: int, seed: int = 0, seconds_per_run: float = 4.0) -> list:
+def sample_configs(*, n_runs: int, seed: int = 0, seconds_per_run: float = 4.0,
+                   tasks: tuple[str, ...] | None = None) -> list:
     """Draw ``n_runs`` distinct run configs at random from the sweep grid.
 
     Args:
         n_runs: how many configs (>= 1).
         seed: sweep seed; the same seed gives the same list.
         seconds_per_run: target CPU seconds of training per run (sets the step counts).
+        tasks: draw only these tasks; ``None`` draws all of :data:`DIFFICULTIES`.
 
     Returns:
         A list of :class:`~metastop.generate.train.RunConfig`, without duplicates.
@@ -125,10 +127,15 @@ def sample_configs(*, n_runs: int, seed: int = 0, seconds_per_run: float = 4.0) 
         raise ParameterError(f"n_runs must be >= 1, got n_runs={n_runs!r}")
     if not seconds_per_run > 0:
         raise ParameterError(f"seconds_per_run must be > 0, got seconds_per_run={seconds_per_run!r}")
+    unknown = sorted(set(tasks or ()) - set(DIFFICULTIES))
+    if unknown or (tasks is not None and not tasks):
+        raise ParameterError(f"tasks must be a non-empty subset of {sorted(DIFFICULTIES)}, "
+                             f"got tasks={tasks!r}")
     rng = random.Random(f"sweep/{seed}")
+    choices = tuple(sorted(tasks or DIFFICULTIES))
     configs: dict[str, object] = {}
     while len(configs) < n_runs:
-        config = _draw_config(rng, seconds_per_run)
+        config = _draw_config(rng, seconds_per_run, choices)
         configs.setdefault(config.run_id, config)
     return list(configs.values())
 
