@@ -228,3 +228,11 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_table_with_some_metric_names_missing_round_trips(tmp_path):
+    curves = CurveSet([Curve("a", [1, 2, 3], [0.1, 0.2, 0.3], metric="acc"),
+                       Curve("b", [1, 2, 3], [0.1, 0.2, 0.4])])
+    path = curves.write(tmp_path / "mixed.parquet")
+    back = CurveSet.read(path)
+    assert back["a"].metric == "acc" and back["b"].metric is None

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from metastop.integrations.hf import MetaStopCallback  # noqa: E402
 from metastop.policies import Patience  # noqa: E402
+from conftest import cost_aware
 
 pytestmark = pytest.mark.slow
 
@@ -57,25 +58,6 @@ def make_trainer(tmp_path: Path, callback, curve: dict[int, float], *, max_steps
         eval_dataset=_Data(2), compute_metrics=compute_metrics, callbacks=[callback])
     holder["trainer"] = trainer
     return trainer
-
-
-@pytest.fixture(scope="module")
-def shipped_predictor():
-    """The shipped default model (models/default); skipped until it has been trained."""
-    from metastop.errors import ModelError
-    from metastop.predictor import Predictor
-
-    try:
-        return Predictor.load()
-    except ModelError as error:
-        pytest.skip(f"the shipped predictor is not available: {error}")
-
-
-def cost_aware(predictor, tokens_per_point: float):
-    from metastop.policies import CostAware
-    from metastop.prices import Price
-
-    return CostAware(predictor, price=Price.tokens(tokens_per_point))
 
 
 def test_patience_stops_at_the_exact_evaluation(tmp_path):

@@ -9,6 +9,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from metastop.integrations.lightning import MetaStopCallback  # noqa: E402
 from metastop.policies import Patience, Threshold  # noqa: E402
+from conftest import cost_aware
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec.*")]
@@ -54,25 +55,6 @@ def fit(callback, *, max_epochs: int = 8, ckpt_path=None, root=None, curve=PLATE
 
 def budget(epochs: int = 8) -> float:
     return epochs * STEPS_PER_EPOCH * TOKENS_PER_STEP
-
-
-@pytest.fixture(scope="module")
-def shipped_predictor():
-    """The shipped default model (models/default); skipped until it has been trained."""
-    from metastop.errors import ModelError
-    from metastop.predictor import Predictor
-
-    try:
-        return Predictor.load()
-    except ModelError as error:
-        pytest.skip(f"the shipped predictor is not available: {error}")
-
-
-def cost_aware(predictor, tokens_per_point: float):
-    from metastop.policies import CostAware
-    from metastop.prices import Price
-
-    return CostAware(predictor, price=Price.tokens(tokens_per_point))
 
 
 def test_patience_stops_at_the_exact_validation_and_skips_the_sanity_check():

@@ -11,6 +11,7 @@ optuna = pytest.importorskip("optuna")
 from metastop.errors import ParameterError  # noqa: E402
 from metastop.integrations.optuna import MetaStopPruner  # noqa: E402
 from metastop.policies import Patience  # noqa: E402
+from conftest import cost_aware
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -20,25 +21,6 @@ CURVES = {
     "plateau": [0.1, 0.2, 0.3, 0.3, 0.3] + [0.3] * (STEPS - 5),
     "rising": [0.05 * (s + 1) for s in range(STEPS)],
 }
-
-
-@pytest.fixture(scope="module")
-def shipped_predictor():
-    """The shipped default model (models/default); skipped until it has been trained."""
-    from metastop.errors import ModelError
-    from metastop.predictor import Predictor
-
-    try:
-        return Predictor.load()
-    except ModelError as error:
-        pytest.skip(f"the shipped predictor is not available: {error}")
-
-
-def cost_aware(predictor, tokens_per_point: float):
-    from metastop.policies import CostAware
-    from metastop.prices import Price
-
-    return CostAware(predictor, price=Price.tokens(tokens_per_point))
 
 
 def run_study(pruner, *, n_trials: int = 6, direction: str = "maximize", sign: float = 1.0):

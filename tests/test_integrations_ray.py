@@ -10,6 +10,7 @@ tune = pytest.importorskip("ray.tune")
 from metastop.errors import ParameterError  # noqa: E402
 from metastop.integrations.ray import MetaStopStopper  # noqa: E402
 from metastop.policies import Patience  # noqa: E402
+from conftest import cost_aware
 
 pytestmark = pytest.mark.slow
 
@@ -20,25 +21,6 @@ CURVES = {
     "late": [0.1, 0.2, 0.3, 0.3, 0.4, 0.4, 0.4, 0.4],
     "rising": [0.1 * i for i in range(1, ITERATIONS + 1)],
 }
-
-
-@pytest.fixture(scope="module")
-def shipped_predictor():
-    """The shipped default model (models/default); skipped until it has been trained."""
-    from metastop.errors import ModelError
-    from metastop.predictor import Predictor
-
-    try:
-        return Predictor.load()
-    except ModelError as error:
-        pytest.skip(f"the shipped predictor is not available: {error}")
-
-
-def cost_aware(predictor, tokens_per_point: float):
-    from metastop.policies import CostAware
-    from metastop.prices import Price
-
-    return CostAware(predictor, price=Price.tokens(tokens_per_point))
 
 
 @pytest.fixture(scope="module")

@@ -294,8 +294,6 @@ def test_shipped_defaults():
 
 
 # --- the real shipped predictor (no stand-ins) ---------------------------------------------
-SHIPPED = ROOT / "models" / "default" / "manifest.json"
-needs_shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="models/default not built yet")
 
 
 def saturating(n: int, *, budget_points: int = 20, rate: float = 0.6, top: float = 0.6,
@@ -307,7 +305,6 @@ def saturating(n: int, *, budget_points: int = 20, rate: float = 0.6, top: float
     return Curve("synthetic/em", tokens, values, budget=1e8 * budget_points)
 
 
-@needs_shipped
 def test_shipped_predictor_stops_a_flat_curve_and_keeps_a_rising_one():
     from metastop.predictor import Predictor
 
@@ -322,7 +319,6 @@ def test_shipped_predictor_stops_a_flat_curve_and_keeps_a_rising_one():
         assert decision.expected_gain is not None and decision.expected_gain >= 0
 
 
-@needs_shipped
 def test_shipped_predictor_batched_equals_one_by_one():
     from metastop.predictor import Predictor
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from metastop.paths import shared_corpus
 from metastop.curves import CurveSet
 from metastop.errors import ModelError, ParameterError
 from metastop.predictor import Predictor
 from metastop.registry import (Registry, RegistryLockError, folder_digest, verify_checksums)
 
-PYTHIA = Path("/work/shared/data/pythia_evals.parquet")
+PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not PYTHIA.exists(), reason="needs the shared Pythia curves")
 

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from metastop.cli import main
+from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ParameterError
 from metastop.governor import Governor
@@ -32,7 +33,7 @@ from metastop.retrain import (Evaluation, gather_curves, heldout_mae, promotion_
 from metastop.runtime import StopController
 from metastop.splits import split_holdout
 
-PYTHIA = Path("/work/shared/data/pythia_evals.parquet")
+PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = {"n_estimators": 40, "num_leaves": 15, "min_child_samples": 20, "num_threads": 1}
 pytestmark = pytest.mark.skipif(not PYTHIA.exists(), reason="needs the shared Pythia curves")

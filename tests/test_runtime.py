@@ -287,10 +287,8 @@ def test_sync_decision_without_a_process_group_is_the_identity():
 
 
 # --- the real shipped model ---------------------------------------------------------------
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "default" / "manifest.json"
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="models/default not built yet")
 def test_default_controller_uses_the_shipped_model(tmp_path):
     controller = StopController(budget=2e9, log_path=tmp_path / "d.jsonl")  # no predictor, no policy
     assert isinstance(controller.policy, CostAware)
