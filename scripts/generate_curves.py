@@ -7,8 +7,9 @@ when the command is run again, so an interrupted sweep resumes where it stopped.
 --figure it also draws example curves of each shape and prints the shape counts.
 
 Example:
-    .venv/bin/python scripts/generate_curves.py --sweep 0:37:4 --sweep 1:300:2 --n-jobs 2 \\
-        --max-minutes 35 --out data/em_curves.parquet --figure data/em_curve_shapes.png
+    .venv/bin/python scripts/generate_curves.py --sweep 0:37:4 --sweep 1:300:2 \\
+        --sweep 2:40:4:qa+reversal+sorting --n-jobs 2 --max-minutes 35 \\
+        --out data/em_curves.parquet --figure data/em_curve_shapes.png
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="example: python scripts/generate_curves.py --sweep 0:37:4 --sweep 1:300:2 "
-               "--n-jobs 2 --max-minutes 35 --out data/em_curves.parquet "
+               "--sweep 2:40:4:qa+reversal+sorting --n-jobs 2 --max-minutes 35 "
+               "--out data/em_curves.parquet "
                "--figure data/em_curve_shapes.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", type=parse_sweep, action="append", default=None,

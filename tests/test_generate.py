@@ -19,7 +19,7 @@ from metastop.generate.tasks import TASKS, decode, encode, make_split
 
 torch = pytest.importorskip("torch")
 
-from metastop.generate.report import plot_shape_examples, summary_tables  # noqa: E402
+from metastop.generate.report import data_card, plot_shape_examples, summary_tables  # noqa: E402
 from metastop.generate.sweep import run_sweep, sample_configs  # noqa: E402
 from metastop.generate.train import RunConfig, batch_order, lr_factor, train_run  # noqa: E402
 
@@ -233,6 +233,8 @@ SHAPE_CASES = [
     ("jump late at cooldown", [0.2] * 20 + [0.6, 0.8, 0.8, 0.8, 0.8], "plateau_then_jump"),
     ("steady rise to the end", list(np.linspace(0.0, 0.9, 25)), "rising_at_end"),
     ("fast rise then holds", [0.0, 0.4, 0.7, 0.8] + [0.82] * 21, "saturating"),
+    ("one high spike is not a decline", [0.0, 0.3, 0.6] + [0.7] * 10 + [0.95] + [0.7] * 11,
+     "saturating"),
     ("small dip at end kept", [0.0, 0.5, 0.8] + [0.85] * 21 + [0.82], "saturating"),
     ("one low last point after a late best is not overfitting",
      list(np.linspace(0.0, 0.6, 24)) + [0.3], "saturating"),
@@ -263,8 +265,12 @@ def test_report_figure_and_tables(tmp_path):
     path = plot_shape_examples(curves, tmp_path / "shapes.png", per_shape=2)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tables = summary_tables(curves)
-    assert "| never_learns | 3 | 30% |" in tables
-    assert "| plateau_then_jump | 2 | 20% |" in tables
+    assert "| never_learns | 3 | 27% |" in tables
+    assert "| plateau_then_jump | 2 | 18% |" in tables
+    card = data_card(curves, command="python scripts/generate_curves.py", wall_minutes=3)
+    assert card.startswith("## `em_curves.parquet`")
+    assert "11 held-out exact-match (EM) curves, 275 points\n(25 per curve)" in card
+    assert "    python scripts/generate_curves.py" in card and tables in card
 
 
 # --- the script --------------------------------------------------------------------------

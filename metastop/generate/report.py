@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..curves import Curve, CurveSet, atomic_path
 from ..errors import ParameterError
 from .shapes import SHAPES, classify_shape, shape_counts
@@ -21,17 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def examples_by_shape(curves: CurveSet, *, per_shape: int) -> dict[str, list[Curve]]:
-    """Up to ``per_shape`` curves of each shape, spread evenly over the sorted curve ids."""
+    """Up to ``per_shape`` curves of each shape: those with the widest range (max - min)."""
     if per_shape < 1:
         raise ParameterError(f"per_shape must be >= 1, got per_shape={per_shape!r}")
     grouped: dict[str, list[Curve]] = {shape: [] for shape in SHAPES}
-    for curve in sorted(curves, key=lambda c: c.curve_id):
+    for curve in sorted(curves, key=lambda c: (-float(np.ptp(c.values)), c.curve_id)):
         grouped[classify_shape(curve)].append(curve)
-    picked = {}
-    for shape, members in grouped.items():
-        stride = max(1, len(members) // per_shape)
-        picked[shape] = members[::stride][:per_shape]
-    return picked
+    return {shape: members[:per_shape] for shape, members in grouped.items()}
 
 
 def plot_shape_examples(curves: CurveSet, path: str | Path, *, per_shape: int = 4) -> Path:
@@ -104,14 +102,16 @@ _SCHEMA_ROWS = (
 )
 
 
-def data_card(curves: CurveSet, *, command: str, wall_minutes: float) -> str:
+def data_card(curves: CurveSet, *, command: str, wall_minutes: float, note: str = "") -> str:
     """The ``em_curves.parquet`` section of ``data/README.md`` (markdown)."""
     lengths = [len(c) for c in curves]
     schema = _markdown_table(("column", "meaning"), _SCHEMA_ROWS)
+    per_curve = (f"{min(lengths)}" if min(lengths) == max(lengths)
+                 else f"{min(lengths)} to {max(lengths)}")
     return f"""## `em_curves.parquet`: exact match against tokens from tiny transformers
 
 **What.** {len(curves)} held-out exact-match (EM) curves, {sum(lengths):,} points
-({min(lengths)} to {max(lengths)} per curve), from decoder-only transformers (1-3 layers,
+({per_curve} per curve), from decoder-only transformers (1-3 layers,
 width 32-96) trained from scratch on CPU with PyTorch by `metastop.generate` on generated
 exact-answer tasks: multi-digit addition, string reversal, digit sorting, modular addition,
 copying a bracketed segment among distractors, and extractive QA over a passage of people
@@ -128,6 +128,8 @@ per run in `data/.em_runs/` (not committed), so the command resumes. Sweep wall 
 
     {command}
 
+{note}
+
 **Schema** (the curve table, one row per evaluation point; every hyperparameter a column):
 
 {schema}
@@ -135,8 +137,8 @@ per run in `data/.em_runs/` (not committed), so the command resumes. Sweep wall 
 **Shapes.** `metastop.generate.shapes.classify_shape`, on the values `y` with
 `x = tokens / last tokens` and `range = max - min`, checked in this order:
 1. `never_learns`: `max < 0.1` or `range < 0.05`;
-2. `overfit_decline`: `max - y[-1] >= max(0.05, 0.2 * range)` and the best point comes before
-   `x = 0.9`;
+2. `overfit_decline`: on the 3-point moving average `m`, `max(m) - m[-1] >= max(0.05,
+   0.2 * range)` and the best comes before `x = 0.9`;
 3. `plateau_then_jump`: some point `s` with `x[s] >= 0.15` whose preceding 0.15 of the
    tokens (>= 3 points) lie within 0.05, followed within two evaluations by a rise of
    `>= max(0.1, 0.3 * range)`;

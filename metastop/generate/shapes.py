@@ -4,8 +4,9 @@ The rule works on ``Curve.scores`` (higher is better), with ``x = tokens / token
 ``lo``/``hi`` the curve's minimum/maximum and ``range = hi - lo``. Checked in this order:
 
 1. ``never_learns``: ``hi < 0.1`` or ``range < 0.05`` (EM never reaches 10%, or never moves).
-2. ``overfit_decline``: the curve ends well below its best,
-   ``hi - y[-1] >= max(0.05, 0.2 * range)``, and the best comes before ``x = 0.9``.
+2. ``overfit_decline``: on the 3-point moving average ``m`` (robust to one noisy
+   evaluation), the curve ends well below its best, ``max(m) - m[-1] >= max(0.05, 0.2 *
+   range)``, and the best comes before ``x = 0.9``.
 3. ``plateau_then_jump``: at some point ``s`` with ``x[s] >= 0.15``, the points over the
    preceding ``0.15`` of the tokens (at least 3 of them) lie within ``0.05`` of each other,
    and the score then rises by ``>= max(0.1, 0.3 * range)`` within the next two evaluations.
@@ -40,6 +41,7 @@ FLOOR = 0.05
 PLATEAU_SPAN = 0.15
 PLATEAU_TOLERANCE = 0.05
 JUMP_WINDOW = 2
+SMOOTHING = 3
 TAIL = 0.2
 
 
@@ -49,8 +51,11 @@ def _positions(curve: Curve) -> np.ndarray:
 
 
 def _declines(y: np.ndarray, x: np.ndarray, spread: float) -> bool:
-    best = int(np.argmax(y))
-    return y[best] - y[-1] >= max(FLOOR, 0.2 * spread) and x[best] < 0.9
+    width = min(SMOOTHING, len(y))
+    smooth = np.convolve(y, np.ones(width) / width, mode="valid")
+    best = int(np.argmax(smooth))
+    centre = best + width // 2
+    return smooth[best] - smooth[-1] >= max(FLOOR, 0.2 * spread) and x[centre] < 0.9
 
 
 def _jumps_after_plateau(y: np.ndarray, x: np.ndarray, spread: float) -> bool:
@@ -75,7 +80,7 @@ def classify_shape(curve: Curve) -> str:
 
     Example:
         >>> from metastop.curves import Curve
-        >>> classify_shape(Curve("c", tokens=[1, 2, 3, 4], values=[0.2, 0.8, 0.5, 0.4]))
+        >>> classify_shape(Curve("c", tokens=range(1, 9), values=[.1, .5, .8, .8, .6, .4, .4, .4]))
         'overfit_decline'
     """
     y, x = curve.scores, _positions(curve)
