@@ -8,12 +8,13 @@ for a padded batch of curves (``PrefixBatch``) so that training and batch predic
 vectorised; calling a registered feature on one curve runs that same code on a batch of one.
 
 Values are expressed relative to the best score so far and divided by the curve's scale
-``S = max(range of the recent third of the scores, 0.01 * their max |score|, 0.01)``
+``S = max(range of the last 3 scores, 0.01 * their max |score|, 0.01)``
 (``curve_scale``), so accuracies in [0, 1]
 and losses of 3 to 11 share one model: value features are invariant to adding a constant to
 the scores and to multiplying them by a positive factor (while the range dominates the
-floors), except ``scale_ratio`` (scale over magnitude), ``best_level`` and ``headroom_rel``, which
-tell losses from accuracies and how close a bounded metric is to 1.
+floors), except ``scale_ratio`` (scale over magnitude), ``best_level``, ``headroom_rel`` and
+``loss_room_rel``, which tell losses from accuracies and how close a bounded metric is to 1
+or a loss to 0.
 Families are fitted to ``(score - min) / S``, so even ``logpower`` (no offset) is
 shift-invariant. The prediction target is the same relative value at the
 horizon: ``(score(horizon) - best) / S`` (see ``relative_target``).
@@ -36,12 +37,13 @@ import numpy as np
 from .errors import ParameterError
 from .fits import FAMILY_NAMES, X_MIN, FitBatch, fit_families
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "4"
 """Bumped whenever a feature's meaning changes; saved models record it (see predictor)."""
 
 MAX_FIT_POINTS = 24
 """Points kept per curve for fits and window features: the last 16 and 8 spread before."""
 _RECENT_POINTS = 16
+RECENT_SCALE_POINTS = 3
 REL_CLIP = 100.0
 """Relative values (in units of the curve's scale) are clipped to [-REL_CLIP, REL_CLIP]."""
 
@@ -133,14 +135,14 @@ class PrefixBatch:
 
 
 def curve_scale(scores: np.ndarray) -> float:
-    """The scale ``S`` of a curve: the range of its recent third (at least 3 points),
-    floored at 1% of their magnitude and at 0.01.
+    """The scale ``S`` of a curve: the range of its last 3 scores, floored at 1% of their
+    magnitude and at 0.01.
 
     Recent points, because early ones can be orders of magnitude away (a perplexity
     falling from 3e6 to 100) and would make every later change look like zero.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    recent = scores[-max(3, -(-len(scores) // 3)):]
+    recent = scores[-RECENT_SCALE_POINTS:]
     spread = float(recent.max() - recent.min())
     return max(spread, 0.01 * float(np.abs(recent).max()), 0.01)
 
@@ -275,6 +277,13 @@ def _headroom_rel(batch: PrefixBatch) -> np.ndarray:
     return np.where(bounded, np.minimum((1.0 - batch.best) / batch.scale, REL_CLIP), -1.0)
 
 
+@_register("loss_room_rel")
+def _loss_room_rel(batch: PrefixBatch) -> np.ndarray:
+    """``-best / S`` for curves whose scores are all negative (a positive loss has at most
+    that much left to gain before reaching 0), else -1."""
+    return np.where(batch.best < 0.0, np.minimum(-batch.best / batch.scale, 1e4), -1.0)
+
+
 def _family_rmse(family: str) -> Callable[[PrefixBatch], np.ndarray]:
     return lambda b: b.fits[family].rmse
 
@@ -333,7 +342,8 @@ def feature_matrix(batch: PrefixBatch, xh: np.ndarray,
     out = np.empty(xh.shape + (len(names),))
     for j, name in enumerate(names):
         feature = REGISTRY[name]
-        out[:, :, j] = feature.compute(batch, xh) if feature.horizon else feature.compute(batch)[:, None]
+        out[:, :, j] = (feature.compute(batch, xh) if feature.horizon
+                        else feature.compute(batch)[:, None])
     return out
 
 

@@ -19,9 +19,10 @@ Every family is ``y = c + a * g(x; u)`` (``logpower`` without ``c``), linear in 
 and nonlinear in one or two parameters ``u``. They are fitted by *variable projection*: for
 each ``u`` on a grid the linear part has a closed-form weighted least-squares solution (with
 the bound ``a >= 0`` that makes the curve non-decreasing), computed for the whole grid and a
-whole batch of curves at once; the best grid point is then refined twice on a finer local
-grid inside the parameter bounds. There is one implementation per family, used both for
-single curves (``fit``) and for batches (``fit_batch``); fits never raise on odd curves (one
+whole batch of curves at once; the best grid point is then refined twice on finer local
+grids (5 points per axis, +-1/2 then +-1/8 of a coarse step) inside the parameter bounds.
+There is one implementation per family, used both for single curves (``fit``) and for
+batches (``fit_batch``, ``fit_families``); fits never raise on odd curves (one
 or two points, flat, decreasing, noisy): they degrade to a constant.
 
 Points at zero cost are left out of the fits while at least two points with positive cost
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 X_MIN = 1e-3
 """Smallest normalised cost used in a fit or an extrapolation (power laws diverge at 0)."""
 
-_REFINE_PASSES = (0.5, 0.25, 0.125, 0.0625)  # local grid half-widths, in coarse grid steps
+_REFINE_PASSES = (0.5, 0.125)  # local grid half-widths, in coarse grid steps
 
 
 @dataclass(frozen=True)
@@ -235,12 +236,12 @@ def _solve(moments: np.ndarray, s_y: np.ndarray, s_yy: np.ndarray, intercept: np
     return c, a, np.where(np.isfinite(sse), sse, np.inf)
 
 
-_OFFSETS = {k: np.stack(np.meshgrid(*([np.array([-1.0, 0.0, 1.0])] * k), indexing="ij"),
+_OFFSETS = {k: np.stack(np.meshgrid(*([np.linspace(-1.0, 1.0, 5)] * k), indexing="ij"),
                         axis=-1).reshape(-1, k) for k in (1, 2)}
 
 
 def _local_grid(u: np.ndarray, family: Family, width: float) -> np.ndarray:
-    """A 3-per-axis grid around each curve's ``u`` (``(n, k)`` -> ``(n, 3**k, k)``)."""
+    """A 5-per-axis grid around each curve's ``u`` (``(n, k)`` -> ``(n, 5**k, k)``)."""
     grid = u[:, None, :] + _OFFSETS[u.shape[1]][None] * (width * family.steps)
     return np.minimum(np.maximum(grid, family.lower), family.upper)
 
@@ -320,13 +321,15 @@ def fit_families(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
     solver = _JointSolve(specs, *_prepare(x, y, weights))
     fits = solver.best([spec.grid for spec in specs])
     for width in _REFINE_PASSES:
-        local = solver.best([_local_grid(u, spec, width) for spec, (_, _, u, _) in zip(specs, fits)])
+        local = solver.best([_local_grid(u, spec, width)
+                             for spec, (_, _, u, _) in zip(specs, fits)])
         fits = [_keep_better(old, new) for old, new in zip(fits, local)]
     return {spec.name: FitBatch(spec, c, a, u, np.sqrt(np.maximum(sse, 0.0)))
             for spec, (c, a, u, sse) in zip(specs, fits)}
 
 
-def _keep_better(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+def _keep_better(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]
+                 ) -> tuple[np.ndarray, ...]:
     better = new[3] < old[3]
     c, a, sse = (np.where(better, n, o) for o, n in ((old[0], new[0]), (old[1], new[1]),
                                                      (old[3], new[3])))

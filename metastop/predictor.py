@@ -6,10 +6,12 @@ relative to its best so far and divided by its scale. Training rows are prefixes
 two points) of finished curves crossed with their later observed points. Intervals are
 calibrated by split-conformal quantile regression (CQR; Romano, Patterson and Candes 2019,
 "Conformalized quantile regression", NeurIPS) on a calibration fold of whole groups (run,
-else task, else curve), per bucket of the observed budget fraction, so the 80% interval
-covers about 80% of truths on unseen runs. A curve with fewer than two points is predicted
+else task, else curve), with conformity scores normalised by the predicted width, per cell
+of observed budget fraction x kind (accuracy-like or loss-like), so the 80% interval covers
+about 80% of truths on unseen runs. A curve with fewer than two points is predicted
 from the population prior (empirical quantiles of the relative final gain), flagged
-``low_confidence``.
+``low_confidence``. Curves whose scores are all negative (positive losses) get predictions
+capped at a loss of 0.
 
 Models are saved as LightGBM text files plus ``manifest.json`` (features, feature version,
 quantiles, calibration, prior, training data, metrics, library versions and the SHA-256 of
@@ -47,10 +49,15 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 """The shipped default model (``models/default`` in the repository)."""
 N_DEFAULT_HORIZONS = 8
 BUCKET_EDGES = (0.15, 0.35, 0.65)
-"""Observed-fraction buckets (edges) for calibration offsets and the prior."""
+"""Observed-fraction buckets (edges) of the calibration cells."""
+PRIOR_EDGES = (0.15, 0.35, 0.65)
+"""First-point budget-fraction buckets of the prior."""
+N_KINDS = 3
 _CALIBRATION_SALT = "metastop-calibration-v1:"
 _PRIOR_FLOOR = 0.01
-_MIN_WIDTH = 1e-3
+_WIDTH_STABILIZER = 0.5
+"""Added to predicted widths (in curve-scale units) when normalising conformity scores, so
+near-zero-width intervals (flat curves) still get an absolute correction."""
 
 
 def default_horizons(curve: Curve, n: int = N_DEFAULT_HORIZONS) -> np.ndarray:
@@ -61,8 +68,23 @@ def default_horizons(curve: Curve, n: int = N_DEFAULT_HORIZONS) -> np.ndarray:
     return last + (curve.budget - last) * np.arange(1, n + 1) / n
 
 
-def _bucket(fraction: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.asarray(BUCKET_EDGES), fraction, side="right")
+def _bucket(fraction: np.ndarray, edges: Sequence[float] = BUCKET_EDGES) -> np.ndarray:
+    return np.searchsorted(np.asarray(edges), fraction, side="right")
+
+
+def _kind(score: np.ndarray) -> np.ndarray:
+    """Kind of a curve by a score (its best, or its first for the prior): 0 accuracy-like
+    (>= 0.01), 1 loss-like (< 0), 2 still at zero (in [0, 0.01): nothing learned yet)."""
+    score = np.asarray(score, dtype=float)
+    return np.where(score < 0, 1, np.where(score < _PRIOR_FLOOR, 2, 0))
+
+
+N_CELLS = 2 * (len(BUCKET_EDGES) + 1)
+
+
+def _cell(fraction: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Calibration cell of a row: observed-fraction bucket x (loss-like or not)."""
+    return _bucket(fraction) + (len(BUCKET_EDGES) + 1) * (_kind(best) == 1)
 
 
 def _sha256(data: bytes) -> str:
@@ -78,6 +100,7 @@ class _Rows:
     weight: np.ndarray
     group: np.ndarray
     fraction: np.ndarray
+    best: np.ndarray
     is_final: np.ndarray
 
 
@@ -145,12 +168,15 @@ class Predictor:
 
     # --- fit -------------------------------------------------------------------------------
     def fit(self, curves: CurveSet | Iterable[Curve], *,
+            sample_weight: Sequence[float] | None = None,
             sources: Sequence[Mapping[str, Any]] = ()) -> Predictor:
         """Train the quantile models, calibrate the intervals and the prior.
 
         Args:
             curves: finished curves (at least 3 points each are used; shorter ones are
                 skipped).
+            sample_weight: one weight >= 0 per curve (e.g. to balance corpora); default 1.
+                Each curve's rows share its weight.
             sources: what the curves were read from, recorded in the manifest (e.g.
                 ``{"path": ..., "sha256": ..., "n_curves": ...}``).
 
@@ -159,45 +185,41 @@ class Predictor:
         """
         self._validate()
         curves = CurveSet(curves) if not isinstance(curves, CurveSet) else curves
-        usable = [c for c in curves if len(c) >= 3]
+        weights = _checked_weights(sample_weight, len(curves))
+        keep = np.array([len(c) >= 3 for c in curves], dtype=bool)
+        usable = [c for c, k in zip(curves, keep) if k]
         if len(usable) < 10:
             raise ParameterError(f"curves must hold at least 10 curves with >= 3 points, got "
                                  f"{len(usable)} of {len(curves)}")
         groups = [curves.group_key(c) for c in usable]
         calibration = self._calibration_groups(groups)
-        rows = _training_rows(usable, calibration, self.max_prefixes, self.max_horizons,
-                              np.random.default_rng(self.random_state))
+        rows = _training_rows(usable, weights[keep], calibration, self.max_prefixes,
+                              self.max_horizons, np.random.default_rng(self.random_state))
         fit_part = rows.group == 0
         logger.info("training on %d rows (%d calibration rows) from %d curves",
                     int(fit_part.sum()), int((~fit_part).sum()), len(usable))
         self.boosters_ = [self._train_one(q, rows, fit_part) for q in self.quantiles]
         raw = self._raw_predict(rows.X[~fit_part])
-        self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], rows.fraction[~fit_part],
-                                               self.quantiles)
+        cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part])
+        self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
         self.prior_ = _prior(usable, self.quantiles)
         self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
-        self.training_ = {
-            "sources": [dict(s) for s in sources],
-            "n_curves": len(curves), "n_curves_used": len(usable),
-            "n_groups": len(set(groups)), "n_calibration_groups": len(set(np.array(groups)[calibration])),
-            "n_rows_train": int(fit_part.sum()), "n_rows_calibration": int((~fit_part).sum()),
-            "n_curves_in_holdout": sum(is_held_out(holdout_group(c)) for c in curves),
-            "holdout_rule": HOLDOUT_RULE,
-        }
+        self.training_ = _training_summary(curves, groups, calibration, fit_part, sources)
         return self
 
     def _calibration_groups(self, groups: list[str]) -> np.ndarray:
-        """Boolean mask of curves whose group calibrates (hash-chosen, never empty)."""
+        """Boolean mask of curves whose group calibrates: groups chosen by hash; with too
+        few groups for that, every k-th group; with one group, every k-th curve."""
         unique = sorted(set(groups))
         salt = f"{_CALIBRATION_SALT}{self.random_state}:"
         chosen = {g for g in unique
                   if int(_sha256((salt + g).encode())[:16], 16) / 2.0**64 < self.calibration_share}
+        every = max(2, round(1 / self.calibration_share))
         if not chosen or len(chosen) == len(unique):
-            keys = unique if len(unique) > 1 else []
-            chosen = set(keys[: max(1, int(len(keys) * self.calibration_share))])
+            chosen = set(unique[::every])
         mask = np.array([g in chosen for g in groups])
-        if not mask.any() or mask.all():  # a single group: calibrate on curves instead
-            mask = np.arange(len(groups)) % max(2, round(1 / self.calibration_share)) == 0
+        if mask.all():
+            mask = np.arange(len(groups)) % every == 0
         return mask
 
     def _train_one(self, quantile: float, rows: _Rows, part: np.ndarray) -> Any:
@@ -223,11 +245,11 @@ class Predictor:
         threads = 1 if len(X) < 20000 else self.num_threads
         return np.stack([b.predict(X, num_threads=threads) for b in self.boosters_], axis=1)
 
-    def _calibrated(self, raw: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    def _calibrated(self, raw: np.ndarray, cell: np.ndarray) -> np.ndarray:
         """Sort the quantiles, then widen each symmetric pair by its conformal factor
-        (per observed-fraction bucket) times the pair's predicted width."""
+        (per calibration cell, see ``_cell``) times the pair's predicted width."""
         return _apply_conformal(np.sort(raw, axis=1),
-                                np.asarray(self.calibration_["factors"])[_bucket(fraction)])
+                                np.asarray(self.calibration_["factors"])[cell])
 
     def predict(self, curve: Curve, horizons: Sequence[float] | None = None) -> Prediction:
         """Predict ``curve`` at ``horizons`` (tokens; default: 8 points up to the budget)."""
@@ -284,10 +306,11 @@ class Predictor:
             xh[i, :len(h)] = h / batch.budget[i]
         valid = np.isfinite(xh)
         X = feature_matrix(batch, xh)[valid]
-        fraction = np.repeat(batch.x_last, valid.sum(axis=1))
-        rel = self._calibrated(self._raw_predict(X), fraction)
+        cell = np.repeat(_cell(batch.x_last, batch.best), valid.sum(axis=1))
+        rel = self._calibrated(self._raw_predict(X), cell)
         row = np.repeat(np.arange(len(curves)), valid.sum(axis=1))
-        scores = batch.best[row, None] + batch.scale[row, None] * rel
+        scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
+                             batch.best[row, None])
         starts = np.r_[0, np.cumsum(valid.sum(axis=1))]
         return [Prediction(c.curve_id, c.last_tokens, h, tuple(self.quantiles),
                            scores[starts[i]:starts[i + 1]])
@@ -295,14 +318,16 @@ class Predictor:
 
     def _prior_prediction(self, curve: Curve, horizons: np.ndarray) -> Prediction:
         best = float(curve.scores.max())
-        bucket = int(_bucket(np.array([curve.fraction_seen]))[0])
-        gains = np.asarray(self.prior_["gain_quantiles"])[_prior_kind(best), bucket]
+        bucket = int(_bucket(np.array([curve.tokens[0] / curve.budget if curve.budget > 0
+                                        else 1.0]), PRIOR_EDGES)[0])
+        gains = np.asarray(self.prior_["gain_quantiles"])[int(_kind(best)), bucket]
         remaining = curve.budget - curve.last_tokens
         share = (np.clip((horizons - curve.last_tokens) / remaining, 0.0, 1.0) if remaining > 0
                  else np.ones_like(horizons))
         scores = best + max(abs(best), _PRIOR_FLOOR) * share[:, None] * gains[None, :]
         return Prediction(curve.curve_id, curve.last_tokens, horizons, tuple(self.quantiles),
-                          np.sort(scores, axis=1), low_confidence=True)
+                          _cap_losses(np.sort(scores, axis=1), np.array(best)),
+                          low_confidence=True)
 
     # --- save / load -----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -362,6 +387,34 @@ class Predictor:
         return predictor
 
 
+def _training_summary(curves: CurveSet, groups: list[str], calibration: np.ndarray,
+                      fit_part: np.ndarray, sources: Sequence[Mapping[str, Any]]) -> dict:
+    """What a model was trained on, for its manifest."""
+    return {"sources": [dict(s) for s in sources],
+            "n_curves": len(curves), "n_curves_used": len(groups),
+            "n_groups": len(set(groups)),
+            "n_calibration_groups": len(set(np.array(groups)[calibration])),
+            "n_rows_train": int(fit_part.sum()), "n_rows_calibration": int((~fit_part).sum()),
+            "n_curves_in_holdout": sum(is_held_out(holdout_group(c)) for c in curves),
+            "holdout_rule": HOLDOUT_RULE}
+
+
+def _cap_losses(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Cap at 0 the predicted scores of curves whose scores are all negative: a loss seen
+    only above 0 (cross-entropy, perplexity, bits per byte) is taken never to go below it."""
+    return np.where(best < 0.0, np.minimum(scores, 0.0), scores)
+
+
+def _checked_weights(sample_weight: Sequence[float] | None, n: int) -> np.ndarray:
+    if sample_weight is None:
+        return np.ones(n)
+    weights = np.asarray(sample_weight, dtype=float)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ParameterError(f"sample_weight must hold {n} finite weights >= 0 (one per "
+                             f"curve), got shape {weights.shape}")
+    return weights
+
+
 def _checked_horizons(horizons: Any, curve: Curve) -> np.ndarray:
     h = np.atleast_1d(np.asarray(horizons, dtype=float))
     if h.ndim != 1 or len(h) == 0 or not np.all(np.isfinite(h)) or np.any(h <= 0):
@@ -374,7 +427,8 @@ def _checked_horizons(horizons: Any, curve: Curve) -> np.ndarray:
 
 
 # --- training rows ---------------------------------------------------------------------------
-def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator, keep_last: bool) -> np.ndarray:
+def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator,
+            keep_last: bool) -> np.ndarray:
     if len(candidates) <= k:
         return candidates
     if keep_last:
@@ -383,8 +437,9 @@ def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator, keep_last:
     return np.sort(rng.choice(candidates, size=k, replace=False))
 
 
-def _training_rows(curves: list[Curve], calibration: np.ndarray, max_prefixes: int,
-                   max_horizons: int, rng: np.random.Generator, chunk: int = 20000) -> _Rows:
+def _training_rows(curves: list[Curve], weights: np.ndarray, calibration: np.ndarray,
+                   max_prefixes: int, max_horizons: int, rng: np.random.Generator,
+                   chunk: int = 20000) -> _Rows:
     """Prefixes x later observed points of every curve, features computed in chunks."""
     prefixes, horizons, owners = [], [], []
     for i, curve in enumerate(curves):
@@ -394,13 +449,13 @@ def _training_rows(curves: list[Curve], calibration: np.ndarray, max_prefixes: i
             horizons.append(_sample(np.arange(k, n), max_horizons, rng, keep_last=True))
             owners.append(i)
     parts = [_rows_chunk(curves, prefixes[s:s + chunk], horizons[s:s + chunk],
-                         owners[s:s + chunk], calibration)
+                         owners[s:s + chunk], weights, calibration)
              for s in range(0, len(prefixes), chunk)]
     return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
 
 
 def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: list,
-                calibration: np.ndarray) -> tuple[np.ndarray, ...]:
+                weights: np.ndarray, calibration: np.ndarray) -> tuple[np.ndarray, ...]:
     batch = PrefixBatch.from_curves(prefixes)
     width = max(len(h) for h in horizons)
     xh = np.full((len(prefixes), width), np.nan)
@@ -417,14 +472,17 @@ def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: lis
     rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
     group = rep(calibration[np.asarray(owners)].astype(int))
-    return X.astype(np.float32), y, rep(1.0 / counts), group, rep(batch.x_last), final[valid]
+    return (X.astype(np.float32), y, rep(weights[np.asarray(owners)] / counts), group,
+            rep(batch.x_last),
+            rep(batch.best), final[valid])
 
 
 # --- calibration, prior, metrics -------------------------------------------------------------
 def _pair_widths(q: np.ndarray) -> np.ndarray:
-    """Width of each symmetric quantile pair (``(n, n_q // 2)``), floored at ``_MIN_WIDTH``."""
+    """Width of each symmetric quantile pair (``(n, n_q // 2)``) plus ``_WIDTH_STABILIZER``."""
     n_q = q.shape[1]
-    return np.maximum(q[:, n_q - 1 - np.arange(n_q // 2)] - q[:, :n_q // 2], _MIN_WIDTH)
+    width = q[:, n_q - 1 - np.arange(n_q // 2)] - q[:, :n_q // 2]
+    return np.maximum(width, 0.0) + _WIDTH_STABILIZER
 
 
 def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
@@ -437,64 +495,70 @@ def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return np.sort(out, axis=1)
 
 
-def _conformal_offsets(raw: np.ndarray, y: np.ndarray, fraction: np.ndarray,
+def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
                        quantiles: Sequence[float]) -> dict[str, Any]:
-    """Width-normalised CQR factors per observed-fraction bucket and quantile pair.
+    """Width-normalised CQR factors per calibration cell and quantile pair.
 
     For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo`` the conformity score of a
-    calibration row is ``max(lo - y, y - hi) / (hi - lo)`` (CQR with scores normalised by
-    the predicted width, so wide and narrow intervals are corrected in proportion); its
-    ``ceil((n + 1) c) / n`` empirical quantile is the factor.
+    calibration row is ``max(lo - y, y - hi) / (hi - lo + s)`` (CQR with scores normalised
+    by the predicted width plus a stabilizer ``s``, so wide and narrow intervals are
+    corrected in proportion and zero-width ones still by an absolute amount); its
+    ``ceil((n + 1) c) / n`` empirical quantile is the factor. Cells with fewer than 50 rows
+    use the rows of their observed-fraction bucket, then all rows.
     """
     n_q = len(quantiles)
     raw = np.sort(raw, axis=1)
-    buckets = _bucket(fraction)
     widths = _pair_widths(raw)
-    factors = np.zeros((len(BUCKET_EDGES) + 1, n_q // 2))
-    for b in range(len(BUCKET_EDGES) + 1):
-        rows = buckets == b if (buckets == b).sum() >= 50 else np.ones_like(buckets, dtype=bool)
+    n_buckets = len(BUCKET_EDGES) + 1
+    factors = np.zeros((N_CELLS, n_q // 2))
+    for b in range(N_CELLS):
+        rows = cells == b
+        if rows.sum() < 50:
+            rows = cells % n_buckets == b % n_buckets
+        if rows.sum() < 50:
+            rows = np.ones_like(cells, dtype=bool)
         for lo in range(n_q // 2):
             hi = n_q - 1 - lo
             score = np.maximum(raw[rows, lo] - y[rows], y[rows] - raw[rows, hi]) / widths[rows, lo]
-            level = min(1.0, np.ceil((len(score) + 1) * (quantiles[hi] - quantiles[lo])) / len(score))
+            nominal = quantiles[hi] - quantiles[lo]
+            level = min(1.0, np.ceil((len(score) + 1) * nominal) / len(score))
             factors[b, lo] = float(np.quantile(score, level, method="higher"))
     return {"bucket_edges": list(BUCKET_EDGES), "factors": factors.tolist(),
+            "cells": "observed-fraction bucket + n_buckets * (best score < 0)",
             "method": "split-conformal CQR (Romano et al. 2019), scores normalised by the "
-                      "predicted interval width, per observed-fraction bucket"}
-
-
-def _prior_kind(score: float) -> int:
-    """0 for non-negative first scores (accuracy-like), 1 for negative ones (losses)."""
-    return int(score < 0)
+                      "predicted interval width, per cell"}
 
 
 def _prior(curves: list[Curve], quantiles: Sequence[float]) -> dict[str, Any]:
     """Quantiles of the relative final gain from a curve's first point, per kind and bucket.
 
     The gain is ``(final score - first score) / max(|first score|, 0.01)``; kinds are
-    ``_prior_kind`` of the first score; buckets are the first point's budget fraction.
+    ``_kind`` of the first score; buckets (``PRIOR_EDGES``) are the first point's budget
+    fraction.
     Sparse cells (< 20 curves) fall back to the kind, then to all curves.
     """
     first = np.array([c.scores[0] for c in curves])
-    gain = (np.array([c.scores[-1] for c in curves]) - first) / np.maximum(np.abs(first), _PRIOR_FLOOR)
-    kind = (first < 0).astype(int)
-    bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]))
+    final = np.array([c.scores[-1] for c in curves])
+    gain = (final - first) / np.maximum(np.abs(first), _PRIOR_FLOOR)
+    kind = _kind(first)
+    bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]),
+                     PRIOR_EDGES)
     table = []
-    for k in (0, 1):
+    for k in range(N_KINDS):
         fallback = gain[kind == k] if (kind == k).sum() >= 20 else gain
         table.append([np.quantile(gain[(kind == k) & (bucket == b)]
                                   if ((kind == k) & (bucket == b)).sum() >= 20 else fallback,
                                   quantiles).tolist()
-                      for b in range(len(BUCKET_EDGES) + 1)])
-    return {"bucket_edges": list(BUCKET_EDGES), "gain_quantiles": table,
+                      for b in range(len(PRIOR_EDGES) + 1)])
+    return {"bucket_edges": list(PRIOR_EDGES), "gain_quantiles": table,
             "gain": "(final score - first score) / max(|first score|, 0.01), per kind (0: "
-                    "first score >= 0, 1: < 0) and first-point budget-fraction bucket; scaled "
-                    "linearly in tokens from now to the budget"}
+                    "first score >= 0.01, 1: < 0, 2: in [0, 0.01)) and first-point "
+                    "budget-fraction bucket; scaled linearly in tokens from now to the budget"}
 
 
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
                          part: np.ndarray) -> dict[str, Any]:
-    cal = predictor._calibrated(raw, rows.fraction[part])
+    cal = predictor._calibrated(raw, _cell(rows.fraction[part], rows.best[part]))
     y = rows.y[part]
     inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
     inside = (cal[:, 0] <= y) & (y <= cal[:, -1])
@@ -530,7 +594,24 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     for key in ("quantiles", "calibration", "prior", "files", "params"):
         if key not in manifest:
             raise ModelError(f"file {path}: manifest lacks the {key!r} entry")
+    _check_layout(manifest, path)
     return manifest
+
+
+def _check_layout(manifest: dict[str, Any], path: Path) -> None:
+    """The calibration and prior tables must have the shapes this metastop indexes."""
+    n_pairs = len(manifest["quantiles"]) // 2
+    expected = {"calibration": (list(BUCKET_EDGES), "factors", (N_CELLS, n_pairs)),
+                "prior": (list(PRIOR_EDGES), "gain_quantiles",
+                          (N_KINDS, len(PRIOR_EDGES) + 1, len(manifest["quantiles"])))}
+    for key, (edges, table, shape) in expected.items():
+        entry = manifest[key]
+        got = np.shape(entry.get(table)) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("bucket_edges") != edges or got != shape:
+            raise ModelError(f"file {path}: incompatible {key} table (bucket edges "
+                             f"{entry.get('bucket_edges') if isinstance(entry, dict) else None}, "
+                             f"shape {got}); this metastop expects edges {edges} and shape "
+                             f"{shape}: retrain")
 
 
 def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
@@ -544,10 +625,12 @@ def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 
 def _model_files(manifest: dict[str, Any], directory: Path) -> list[tuple[str, dict]]:
-    by_quantile = {entry.get("quantile"): (name, entry) for name, entry in manifest["files"].items()}
+    by_quantile = {entry.get("quantile"): (name, entry)
+                   for name, entry in manifest["files"].items()}
     missing = [q for q in manifest["quantiles"] if q not in by_quantile]
     if missing:
-        raise ModelError(f"file {directory / MANIFEST}: lists no model file for quantiles {missing}")
+        raise ModelError(f"file {directory / MANIFEST}: lists no model file for quantiles "
+                         f"{missing}")
     return [by_quantile[q] for q in manifest["quantiles"]]
 
 

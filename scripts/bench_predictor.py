@@ -8,8 +8,9 @@ and fraction: MAE in the metric's units for metastop (the median) and for the ba
 = lowest rmse), and the coverage of metastop's 80% interval. Then latency: one curve
 (features + all quantiles + 8 horizons) p50/p99 over 1000 calls, and batch throughput.
 
-By default the shipped model (trained on the train split only) is evaluated; ``--retrain``
-trains a fresh one on the train split with ``scripts/train_default.py``'s recipe.
+By default the shipped model is evaluated: ``scripts/train_default.py`` trains it on the
+train split only, and its manifest must say so (``n_curves_in_holdout == 0``); a model that
+saw held-out curves is refused.
 
 Usage:
     .venv/bin/python scripts/bench_predictor.py [--model DIR] [--max-curves 3000]
@@ -121,6 +122,7 @@ def print_table(report: dict) -> None:
     names = ["metastop", "last", "best", *FAMILY_NAMES, "best_of_fits"]
     header = f"{'corpus':18s} {'f':>5s} {'n':>6s} " + " ".join(f"{n[:9]:>9s}" for n in names)
     print(header + f" {'cov80':>6s} {'ratio':>6s}")
+    print("(MAE of the final value in metric units; ratio = metastop / best baseline)")
     for corpus, result in report["corpora"].items():
         for f, row in result["fractions"].items():
             maes = " ".join(f"{row[f'{n}_mae']:9.4f}" for n in names)
@@ -166,6 +168,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench_predictor.json")
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
+    if predictor.training_.get("n_curves_in_holdout", 1) != 0:
+        raise SystemExit(f"model {args.model or 'models/default'} was trained on held-out "
+                         f"curves (manifest training.n_curves_in_holdout != 0): not comparable")
     rng = np.random.default_rng(0)
     report = {"model": str(args.model or "models/default"), "holdout_rule": RULE,
               "model_training": predictor.training_, "corpora": {},
@@ -180,6 +185,9 @@ def main() -> None:
                                                                      replace=False)))
         tests[name] = test
         report["corpora"][name] = evaluate_corpus(predictor, test)
+        if name == "pythia_evals":  # the accuracy curves alone, without perplexities
+            accuracy = test.filter(lambda c: c.metric in ("acc", "acc_norm"))
+            report["corpora"]["pythia_evals_acc"] = evaluate_corpus(predictor, accuracy)
     report["latency"] = latency(predictor, tests["pythia_evals"], args.calls)
     report["targets"] = targets(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)

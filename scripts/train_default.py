@@ -6,7 +6,7 @@ held-out groups that benchmarks evaluate on are never seen), with at most
 ``manifest.json`` (files, SHA-256 hashes and curve counts of what it was trained on).
 
 Usage:
-    .venv/bin/python scripts/train_default.py            # about 5 minutes on 2 cores
+    .venv/bin/python scripts/train_default.py            # about 2 minutes on 2 busy cores
     .venv/bin/python scripts/train_default.py --out /tmp/model --max-curves 2000
 """
 
@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ CORPORA = {  # name -> path; missing optional files are skipped
     "em_curves": ROOT / "data" / "em_curves.parquet",
 }
 MAX_CURVES = {"lcdb": 12000, "pythia_arithmetic": 3000}
+BALANCE_CURVES = 10000
+"""Corpora are balanced: each curve weighs min(10, sqrt(BALANCE_CURVES / curves used))."""
 
 
 def sha256_file(path: Path) -> str:
@@ -46,16 +49,16 @@ def sha256_file(path: Path) -> str:
 
 
 def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT.parent))
-    except ValueError:
-        return str(path)
+    """The path relative to the repository root (``../shared/data/...`` for shared files)."""
+    return os.path.relpath(path.resolve(), ROOT)
 
 
-def load_training_curves(max_curves: int | None, seed: int) -> tuple[CurveSet, list[dict]]:
-    """The train part of each corpus present, subsampled; and the manifest's source list."""
+def load_training_curves(max_curves: int | None, seed: int
+                         ) -> tuple[CurveSet, np.ndarray, list[dict]]:
+    """The train part of each corpus present, subsampled; per-curve weights balancing the
+    corpora; and the manifest's source list."""
     rng = np.random.default_rng(seed)
-    parts, sources = [], []
+    parts, weights, sources = [], [], []
     for name, path in CORPORA.items():
         if not path.exists():
             print(f"  {name:18s} not found at {path}, skipped")
@@ -68,13 +71,16 @@ def load_training_curves(max_curves: int | None, seed: int) -> tuple[CurveSet, l
             keep = np.sort(rng.choice(len(train), size=cap, replace=False))
             chosen = CurveSet(train[int(i)] for i in keep)
         parts.append(chosen)
+        weight = min(10.0, float(np.sqrt(BALANCE_CURVES / max(len(chosen), 1))))
+        weights.append(np.full(len(chosen), weight))
         sources.append({"name": name, "path": display_path(path), "sha256": sha256_file(path),
+                        "curve_weight": round(weight, 4),
                         "n_curves": len(curves), "n_curves_train_split": len(train),
                         "n_curves_held_out": len(test), "n_curves_used": len(chosen),
                         "n_curves_dropped_invalid": len(curves.dropped)})
         print(f"  {name:18s} {len(curves):7d} curves, train split {len(train):7d}, "
               f"held out {len(test):6d}, used {len(chosen):6d}")
-    return CurveSet.concat(parts), sources
+    return CurveSet.concat(parts), np.concatenate(weights), sources
 
 
 def main() -> None:
@@ -90,10 +96,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.time()
     print("corpora (train split only):")
-    curves, sources = load_training_curves(args.max_curves, args.seed)
+    curves, weights, sources = load_training_curves(args.max_curves, args.seed)
     predictor = Predictor(n_estimators=args.n_estimators, learning_rate=args.learning_rate,
                           random_state=args.seed)
-    predictor.fit(curves, sources=sources)
+    predictor.fit(curves, sample_weight=weights, sources=sources)
     predictor.training_["train_seconds"] = round(time.time() - start, 1)
     predictor.save(args.out)
     print(f"saved {args.out} in {time.time() - start:.0f} s; calibration metrics:")

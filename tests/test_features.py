@@ -12,7 +12,7 @@ TOKENS = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
 SCORES = np.array([0.10, 0.30, 0.38, 0.45, 0.43, 0.50])
 BUDGET = 128.0
 # Features that depend on the absolute level of the scores (documented exceptions).
-LEVEL_FEATURES = {"scale_ratio", "best_level", "headroom_rel"}
+LEVEL_FEATURES = {"scale_ratio", "best_level", "headroom_rel", "loss_room_rel"}
 
 
 def test_registry_names_are_the_column_names_and_version_is_set():
@@ -64,6 +64,13 @@ def test_headroom_only_for_curves_within_unit_interval():
     assert features_of(TOKENS, SCORES - 5.0, BUDGET, horizon=BUDGET)["headroom_rel"] == -1.0
 
 
+def test_loss_room_only_for_negative_scores():
+    losses = -np.array([5.0, 4.0, 3.5, 3.2])
+    f = features_of(TOKENS[:4], losses, BUDGET, horizon=BUDGET)
+    assert f["loss_room_rel"] == pytest.approx(3.2 / 0.8)
+    assert features_of(TOKENS, SCORES, BUDGET, horizon=BUDGET)["loss_room_rel"] == -1.0
+
+
 def test_cost_unit_does_not_matter():
     base = features_of(TOKENS, SCORES, BUDGET, horizon=64.0)
     scaled = features_of(TOKENS * 1e9, SCORES, BUDGET * 1e9, horizon=64.0 * 1e9)
@@ -74,6 +81,7 @@ def test_cost_unit_does_not_matter():
 def test_scale_is_recent_range_with_floors():
     assert curve_scale(np.array([3.0, 5.0])) == 2.0
     assert curve_scale(np.array([-3e6, -1e5, -300.0, -120.0, -100.0])) == pytest.approx(200.0)
+    assert curve_scale(np.array([0.1, 0.9, 0.5, 0.52, 0.5])) == pytest.approx(0.02)
     assert curve_scale(np.array([0.0, 0.0])) == 0.01
     assert curve_scale(np.array([-11.0, -11.0])) == pytest.approx(0.11)
     assert relative_target(np.array([0.6]), 0.5, 0.1)[0] == pytest.approx(1.0)
@@ -117,4 +125,5 @@ def test_unknown_feature_names_are_rejected():
 def test_features_are_finite_on_any_curve(values):
     tokens = np.arange(len(values), dtype=float)
     f = features_of(tokens, values, float(len(values) * 2), horizon=float(len(values) * 2))
-    assert all(np.isfinite(v) for v in f.values()), {k: v for k, v in f.items() if not np.isfinite(v)}
+    bad = {k: v for k, v in f.items() if not np.isfinite(v)}
+    assert not bad, bad

@@ -1,6 +1,5 @@
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,17 @@ def test_predictions_are_in_score_orientation_for_minimize_metrics(predictor):
     p = predictor.predict_final(loss)
     assert p.final_median < 0  # scores are negated losses
     assert loss.to_metric(p.final_median) > 0
+
+
+def test_losses_are_never_predicted_below_zero(predictor):
+    loss = Curve("ppl", [1.0, 2.0, 3.0], [3e6, 2e3, 50.0], direction="minimize", budget=30.0)
+    for p in (predictor.predict(loss), predictor.predict(loss.prefix(1))):
+        assert np.all(p.scores <= 0.0)
+
+
+def test_sample_weight_must_match_curves(curves):
+    with pytest.raises(ParameterError, match="sample_weight must hold 200"):
+        Predictor(n_estimators=2).fit(curves, sample_weight=[1.0, 2.0])
 
 
 def test_predict_many_matches_predict(predictor, curves):
