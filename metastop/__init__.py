@@ -22,7 +22,9 @@ _EXPORTS = {
     "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
     "AllOf": "policies", "DEFAULT_PRICE": "policies", "DEFAULT_RISK": "policies",
     "StopController": "runtime", "sync_decision": "runtime",
-    "Predictor": "predictor",
+    "Predictor": "predictor", "split_holdout": "splits",
+    "Registry": "registry", "Governor": "governor", "retrain": "retrain",
+    "fleet_report": "report", "backtest": "backtest", "replay": "backtest",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -27,7 +27,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .curves import Curve, CurveSet, atomic_path
 from .errors import ModelError, NotFittedError, ParameterError
 from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
                        relative_target)
+from .paths import MODELS_DIR
 from .prediction import Prediction
 from .splits import RULE as HOLDOUT_RULE
 from .splits import holdout_group, is_held_out
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "metastop-predictor"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+DEFAULT_DIR = MODELS_DIR / "default"
 """The shipped default model (``models/default`` in the repository)."""
 N_DEFAULT_HORIZONS = 8
 BUCKET_EDGES = (0.15, 0.35, 0.65)
@@ -102,6 +103,19 @@ class _Rows:
     fraction: np.ndarray
     best: np.ndarray
     is_final: np.ndarray
+
+
+BoosterTrainer = Callable[[dict, np.ndarray, np.ndarray, np.ndarray], Any]
+"""Trains one LightGBM booster: ``trainer(params, X, y, weight) -> lightgbm.Booster``."""
+
+
+def train_booster(params: dict[str, Any], X: np.ndarray, y: np.ndarray,
+                  weight: np.ndarray) -> Any:
+    """Train one booster on this machine (the default ``BoosterTrainer``)."""
+    import lightgbm as lgb
+
+    data = lgb.Dataset(X, y, weight=weight, feature_name=list(FEATURE_NAMES), free_raw_data=True)
+    return lgb.train(params, data)
 
 
 class Predictor:
@@ -169,7 +183,8 @@ class Predictor:
     # --- fit -------------------------------------------------------------------------------
     def fit(self, curves: CurveSet | Iterable[Curve], *,
             sample_weight: Sequence[float] | None = None,
-            sources: Sequence[Mapping[str, Any]] = ()) -> Predictor:
+            sources: Sequence[Mapping[str, Any]] = (),
+            trainer: BoosterTrainer | None = None) -> Predictor:
         """Train the quantile models, calibrate the intervals and the prior.
 
         Args:
@@ -179,6 +194,8 @@ class Predictor:
                 Each curve's rows share its weight.
             sources: what the curves were read from, recorded in the manifest (e.g.
                 ``{"path": ..., "sha256": ..., "n_curves": ...}``).
+            trainer: trains one booster from ``(params, X, y, weight)``; default
+                ``train_booster`` on this machine (``metastop.retrain`` passes a Dask one).
 
         Returns:
             self.
@@ -198,7 +215,9 @@ class Predictor:
         fit_part = rows.group == 0
         logger.info("training on %d rows (%d calibration rows) from %d curves",
                     int(fit_part.sum()), int((~fit_part).sum()), len(usable))
-        self.boosters_ = [self._train_one(q, rows, fit_part) for q in self.quantiles]
+        train = trainer or train_booster
+        self.boosters_ = [train(self.booster_params(q), rows.X[fit_part], rows.y[fit_part],
+                                rows.weight[fit_part]) for q in self.quantiles]
         raw = self._raw_predict(rows.X[~fit_part])
         cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
@@ -222,18 +241,14 @@ class Predictor:
             mask = np.arange(len(groups)) % every == 0
         return mask
 
-    def _train_one(self, quantile: float, rows: _Rows, part: np.ndarray) -> Any:
-        import lightgbm as lgb
-
-        params = {"objective": "quantile", "alpha": float(quantile),
-                  "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
-                  "min_child_samples": self.min_child_samples, "num_threads": self.num_threads,
-                  "seed": self.random_state, "deterministic": True, "force_row_wise": True,
-                  "feature_fraction": 0.9, "bagging_fraction": 0.8, "bagging_freq": 1,
-                  "verbosity": -1}
-        data = lgb.Dataset(rows.X[part], rows.y[part], weight=rows.weight[part],
-                           feature_name=list(FEATURE_NAMES), free_raw_data=True)
-        return lgb.train(params, data, num_boost_round=self.n_estimators)
+    def booster_params(self, quantile: float) -> dict[str, Any]:
+        """LightGBM parameters of the booster for one quantile level (any trainer uses these)."""
+        return {"objective": "quantile", "alpha": float(quantile),
+                "num_iterations": self.n_estimators, "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves, "min_child_samples": self.min_child_samples,
+                "num_threads": self.num_threads, "seed": self.random_state,
+                "deterministic": True, "force_row_wise": True, "feature_fraction": 0.9,
+                "bagging_fraction": 0.8, "bagging_freq": 1, "verbosity": -1}
 
     # --- predict ---------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -369,13 +384,18 @@ class Predictor:
         """Load a saved model, verifying every hash and the feature version.
 
         Args:
-            directory: the model directory; default: the shipped ``models/default``.
+            directory: the model directory; default: the registry's champion
+                (``models/current`` names it; the shipped ``models/default`` without one).
 
         Raises:
             ModelError: naming the file and the problem (missing, not JSON, tampered or
                 truncated, incompatible feature version, unreadable model).
         """
-        directory = Path(directory) if directory is not None else DEFAULT_DIR
+        if directory is None:
+            from .registry import Registry
+
+            directory = Registry().champion()
+        directory = Path(directory)
         manifest = _read_manifest(directory)
         predictor = cls(**_params_from(manifest, directory))
         predictor.boosters_ = [_read_booster(directory, name, entry, manifest)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import MetastopError, ModelError, ParameterError
+from .paths import MODELS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class RegistryLockError(MetastopError):
 def default_root() -> Path:
     """The registry root: ``$METASTOP_MODELS`` if set, else the project's ``models/`` folder."""
     env = os.environ.get(ENV_ROOT)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
+    return Path(env) if env else MODELS_DIR
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import numpy as np
 from .curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
 from .errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
 from .governor import observations
-from .predictor import Predictor
+from .predictor import Predictor, train_booster
 from .registry import Registry, pause_point, sha256_file
 from .splits import RULE as HOLDOUT_RULE
 from .splits import split_holdout
@@ -273,51 +273,40 @@ def _text(value: Any) -> str | None:
 
 
 # --- training ---------------------------------------------------------------------------------
-class ChallengerPredictor(Predictor):
-    """A ``Predictor`` whose boosters train on a Dask cluster when ``client_`` is set.
+def dask_trainer(client: Any) -> Any:
+    """A ``BoosterTrainer`` that trains each booster with ``lightgbm.dask`` on ``client``'s cluster.
 
-    Only the booster-training step (``Predictor._train_one``) is replaced; rows, calibration,
-    prior, metrics and the saved format are the parent's, so the saved model loads as a plain
-    ``Predictor``. ``client_`` ends in ``_`` so it is never saved as a parameter.
+    The parameters are the predictor's own (``Predictor.booster_params``). Rows arrive grouped
+    by curve (and so by task); they are shuffled and split into one chunk per worker, since
+    LightGBM averages the per-worker quantiles when it renews the leaves of a quantile tree.
     """
 
-    client_: Any = None
+    def train(params: dict[str, Any], X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Any:
+        import dask.array as da
+        import lightgbm.dask as lgb_dask
 
-    def _train_one(self, quantile: float, rows: Any, part: np.ndarray) -> Any:
+        from .features import FEATURE_NAMES
+
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+        rows = max(1, math.ceil(len(X) / n_workers))
+        order = np.random.default_rng(params["seed"]).permutation(len(X))
+        X, y, weight = X[order], y[order], weight[order]
+        params = {k: v for k, v in params.items() if k != "num_threads"}  # Dask sets threads
+        model = lgb_dask.DaskLGBMRegressor(client=client, **params)
+        model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
+                  sample_weight=da.from_array(weight, chunks=rows),
+                  feature_name=list(FEATURE_NAMES))
+        return model.booster_
+
+    return train
+
+
+def _paused(trainer: Any) -> Any:
+    def train(*args: Any) -> Any:
         pause_point("retrain.train")
-        if self.client_ is None:
-            return super()._train_one(quantile, rows, part)
-        return _dask_booster(self, self.client_, quantile, rows.X[part], rows.y[part],
-                             rows.weight[part])
+        return trainer(*args)
 
-
-def _dask_booster(predictor: Any, client: Any, quantile: float, X: np.ndarray, y: np.ndarray,
-                  weight: np.ndarray) -> Any:
-    """One quantile booster trained with ``lightgbm.dask`` on the client's cluster.
-
-    The hyper-parameters mirror ``Predictor._train_one`` (same objective, leaves, rates,
-    bagging and seed); the rows are shuffled, then split into one chunk per worker.
-    """
-    import dask.array as da
-    import lightgbm.dask as lgb_dask
-
-    from .features import FEATURE_NAMES
-
-    n_workers = max(1, len(client.scheduler_info()["workers"]))
-    rows = max(1, math.ceil(len(X) / n_workers))
-    # Rows arrive grouped by curve (and so by task); give every worker a random share, since
-    # LightGBM averages the per-worker quantiles when it renews the leaves of a quantile tree.
-    order = np.random.default_rng(predictor.random_state).permutation(len(X))
-    X, y, weight = X[order], y[order], weight[order]
-    model = lgb_dask.DaskLGBMRegressor(
-        client=client, objective="quantile", alpha=float(quantile),
-        n_estimators=predictor.n_estimators, learning_rate=predictor.learning_rate,
-        num_leaves=predictor.num_leaves, min_child_samples=predictor.min_child_samples,
-        random_state=predictor.random_state, deterministic=True, force_row_wise=True,
-        colsample_bytree=0.9, subsample=0.8, subsample_freq=1, verbose=-1)
-    model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
-              sample_weight=da.from_array(weight, chunks=rows), feature_name=list(FEATURE_NAMES))
-    return model.booster_
+    return train
 
 
 def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None,
@@ -332,9 +321,9 @@ def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None
             to train on this machine.
         sources: what the curves were read from, recorded in the model's manifest.
     """
-    predictor = ChallengerPredictor(**dict(params or {}))
+    predictor = Predictor(**dict(params or {}))
     if dask_scheduler is None:
-        return predictor.fit(curves, sources=sources)
+        return predictor.fit(curves, sources=sources, trainer=_paused(train_booster))
     from distributed import Client
 
     try:
@@ -343,11 +332,7 @@ def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None
         raise ParameterError(f"cannot reach the Dask scheduler at dask_scheduler="
                              f"{dask_scheduler!r}: {error}") from None
     with client:
-        predictor.client_ = client
-        try:
-            return predictor.fit(curves, sources=sources)
-        finally:
-            predictor.client_ = None
+        return predictor.fit(curves, sources=sources, trainer=_paused(dask_trainer(client)))
 
 
 # --- evaluation -------------------------------------------------------------------------------

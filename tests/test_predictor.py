@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
 from metastop.features import FEATURE_VERSION
@@ -12,13 +13,11 @@ from metastop.predictor import DEFAULT_DIR, MANIFEST, Predictor, default_horizon
 from metastop.prediction import Prediction
 from metastop.splits import holdout_group, is_held_out, split_holdout
 
-PYTHIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pythia_evals.parquet"
+PYTHIA = shared_corpus("pythia_evals.parquet")
 
 
 @pytest.fixture(scope="module")
 def curves() -> CurveSet:
-    if not PYTHIA.exists():
-        pytest.skip(f"{PYTHIA} not available")
     full = CurveSet.read(PYTHIA)
     rng = np.random.default_rng(0)
     return CurveSet(full[int(i)] for i in np.sort(rng.choice(len(full), 200, replace=False)))
@@ -195,8 +194,6 @@ def test_default_horizons_end_at_budget():
 
 
 def test_shipped_default_model_loads_and_was_not_trained_on_held_out_groups():
-    if not (DEFAULT_DIR / MANIFEST).exists():
-        pytest.skip("models/default not built yet")
     model = Predictor.load()
     assert model.training_["n_curves_in_holdout"] == 0
     p = model.predict(Curve("c", [1e9, 2e9, 4e9], [0.1, 0.2, 0.25], budget=1e10))

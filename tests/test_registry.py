@@ -24,7 +24,6 @@ from metastop.registry import (Registry, RegistryLockError, folder_digest, verif
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not PYTHIA.exists(), reason="needs the shared Pythia curves")
 
 
 def small_curves(n: int = 24, task: str = "lambada_openai") -> CurveSet:
@@ -221,3 +220,12 @@ def test_sigkill_during_promotion_leaves_the_champion(registry, saved_models, tm
     assert leftover.startswith(".add-challenger-" if "add" in phase else ".current.")
     fresh.promote(fresh.add(saved_models[1], name="after"))  # the lock is free again
     assert fresh.champion_name() == "after" and fresh.rollback() == "v1"
+
+
+def test_predictor_load_serves_the_registry_champion(registry, saved_models, monkeypatch):
+    monkeypatch.setenv("METASTOP_MODELS", str(registry.root))
+    assert Predictor.load().get_params() == Predictor.load(saved_models[0]).get_params()
+    registry.promote(registry.add(saved_models[1], name="v2"), reason="test")
+    assert Predictor.load().get_params()["random_state"] == 1
+    registry.rollback()
+    assert Predictor.load().get_params()["random_state"] == 0

@@ -36,7 +36,6 @@ from metastop.splits import split_holdout
 PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = {"n_estimators": 40, "num_leaves": 15, "min_child_samples": 20, "num_threads": 1}
-pytestmark = pytest.mark.skipif(not PYTHIA.exists(), reason="needs the shared Pythia curves")
 
 
 @functools.lru_cache(maxsize=None)
