@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from metastop.paths import shared_corpus
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "metastop"
 TARGET_S = {"lcdb": 10.0}
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench_io.json",
                         help="where to write the results (default reports/bench_io.json)")
     parser.add_argument("--pythia", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "pythia_evals.parquet")
+                        default=shared_corpus("pythia_evals.parquet"))
     parser.add_argument("--lcdb-csv", type=Path, default=None,
                         help="LCDB database-accuracy.csv (default: download and cache)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON

@@ -31,9 +31,10 @@ from metastop.curves import Curve, CurveSet
 from metastop.fits import FAMILY_NAMES, fit_families
 from metastop.predictor import Predictor
 from metastop.splits import RULE, split_holdout
+from metastop.paths import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir()
 CORPORA = {
     "lcdb": ROOT / "data" / "lcdb.parquet",
     "pythia_evals": SHARED / "pythia_evals.parquet",

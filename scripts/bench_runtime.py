@@ -25,6 +25,7 @@ import numpy as np
 from metastop.backtest import replay
 from metastop.curves import CurveSet
 from metastop.policies import DEFAULT_PRICE, DEFAULT_RISK, CostAware, Patience
+from metastop.paths import shared_corpus
 from metastop.predictor import Predictor
 from metastop.runtime import StopController
 
@@ -36,7 +37,7 @@ TARGET_REPLAY_S = 60.0
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--curves", default="/work/shared/data/pythia_evals.parquet",
+    parser.add_argument("--curves", default=str(shared_corpus("pythia_evals.parquet")),
                         help="curve table to replay (default: %(default)s)")
     parser.add_argument("--model", default=None, help="predictor directory (default: shipped model)")
     parser.add_argument("--n-curves", type=int, default=24, help="curves fed to observe()")

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metastop.paths import shared_data_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-if not SHARED.exists():
-    SHARED = Path("/work/shared/data")
+SHARED = shared_data_dir()
 
 CORPORA = {
     # name: (path, keep(curve) or None, targets apply)

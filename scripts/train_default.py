@@ -25,9 +25,10 @@ import numpy as np
 from metastop.curves import CurveSet
 from metastop.predictor import Predictor
 from metastop.splits import split_holdout
+from metastop.paths import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir()
 CORPORA = {  # name -> path; missing optional files are skipped
     "lcdb": ROOT / "data" / "lcdb.parquet",
     "pythia_evals": SHARED / "pythia_evals.parquet",
