@@ -49,6 +49,7 @@ MANIFEST = "manifest.json"
 DEFAULT_DIR = MODELS_DIR / "default"
 """The shipped default model (``models/default`` in the repository)."""
 N_DEFAULT_HORIZONS = 8
+TARGETS = ("value", "best")
 BUCKET_EDGES = (0.15, 0.35, 0.65)
 """Observed-fraction buckets (edges) of the calibration cells."""
 PRIOR_EDGES = (0.15, 0.35, 0.65)
@@ -133,6 +134,9 @@ class Predictor:
         num_threads: LightGBM threads for training (1 by default: OpenMP threads spin and
             slow down badly on a loaded machine).
         random_state: seed of every random choice.
+        target: what is predicted at each horizon: ``"value"``, the curve's value there, or
+            ``"best"``, the best value up to there (what keep-best delivers if the run stops
+            at that horizon: the quantity stopping decisions weigh).
 
     Example:
         >>> p = Predictor(n_estimators=50).fit(CurveSet.read("curves.parquet"))  # doctest: +SKIP
@@ -143,7 +147,7 @@ class Predictor:
     def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 150,
                  learning_rate: float = 0.08, num_leaves: int = 31, min_child_samples: int = 100,
                  max_prefixes: int = 6, max_horizons: int = 4, calibration_share: float = 0.2,
-                 num_threads: int = 1, random_state: int = 0):
+                 num_threads: int = 1, random_state: int = 0, target: str = "value"):
         self.quantiles = quantiles
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -154,6 +158,7 @@ class Predictor:
         self.calibration_share = calibration_share
         self.num_threads = num_threads
         self.random_state = random_state
+        self.target = target
 
     # --- parameters ----------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -176,6 +181,8 @@ class Predictor:
         if not 0 < self.learning_rate <= 1:
             raise ParameterError(f"learning_rate must be in (0, 1], got "
                                  f"learning_rate={self.learning_rate!r}")
+        if self.target not in TARGETS:
+            raise ParameterError(f"target must be one of {TARGETS}, got target={self.target!r}")
         if not 0 < self.calibration_share < 1:
             raise ParameterError(f"calibration_share must be in (0, 1), got "
                                  f"calibration_share={self.calibration_share!r}")
@@ -210,7 +217,7 @@ class Predictor:
                                  f"{len(usable)} of {len(curves)}")
         groups = [curves.group_key(c) for c in usable]
         calibration = self._calibration_groups(groups)
-        rows = _training_rows(usable, weights[keep], calibration, self.max_prefixes,
+        rows = _training_rows(usable, self.target, weights[keep], calibration, self.max_prefixes,
                               self.max_horizons, np.random.default_rng(self.random_state))
         fit_part = rows.group == 0
         logger.info("training on %d rows (%d calibration rows) from %d curves",
@@ -221,7 +228,7 @@ class Predictor:
         raw = self._raw_predict(rows.X[~fit_part])
         cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
-        self.prior_ = _prior(usable, self.quantiles)
+        self.prior_ = _prior(usable, self.quantiles, target=self.target)
         self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
         self.training_ = _training_summary(curves, groups, calibration, fit_part, sources)
         return self
@@ -457,7 +464,7 @@ def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator,
     return np.sort(rng.choice(candidates, size=k, replace=False))
 
 
-def _training_rows(curves: list[Curve], weights: np.ndarray, calibration: np.ndarray,
+def _training_rows(curves: list[Curve], target: str, weights: np.ndarray, calibration: np.ndarray,
                    max_prefixes: int, max_horizons: int, rng: np.random.Generator,
                    chunk: int = 20000) -> _Rows:
     """Prefixes x later observed points of every curve, features computed in chunks."""
@@ -468,13 +475,13 @@ def _training_rows(curves: list[Curve], weights: np.ndarray, calibration: np.nda
             prefixes.append((curve.tokens[:k], curve.scores[:k], curve.budget))
             horizons.append(_sample(np.arange(k, n), max_horizons, rng, keep_last=True))
             owners.append(i)
-    parts = [_rows_chunk(curves, prefixes[s:s + chunk], horizons[s:s + chunk],
+    parts = [_rows_chunk(curves, target, prefixes[s:s + chunk], horizons[s:s + chunk],
                          owners[s:s + chunk], weights, calibration)
              for s in range(0, len(prefixes), chunk)]
     return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
 
 
-def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: list,
+def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons: list, owners: list,
                 weights: np.ndarray, calibration: np.ndarray) -> tuple[np.ndarray, ...]:
     batch = PrefixBatch.from_curves(prefixes)
     width = max(len(h) for h in horizons)
@@ -484,7 +491,8 @@ def _rows_chunk(curves: list[Curve], prefixes: list, horizons: list, owners: lis
     for r, (owner, idx) in enumerate(zip(owners, horizons)):
         curve = curves[owner]
         xh[r, :len(idx)] = curve.tokens[idx] / batch.budget[r]
-        target[r, :len(idx)] = curve.scores[idx]
+        scores = curve.scores if target_kind == "value" else np.maximum.accumulate(curve.scores)
+        target[r, :len(idx)] = scores[idx]
         final[r, :len(idx)] = idx == len(curve) - 1
     valid = np.isfinite(xh)
     counts = valid.sum(axis=1)
@@ -549,7 +557,7 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
                       "predicted interval width, per cell"}
 
 
-def _prior(curves: list[Curve], quantiles: Sequence[float]) -> dict[str, Any]:
+def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "value") -> dict[str, Any]:
     """Quantiles of the relative final gain from a curve's first point, per kind and bucket.
 
     The gain is ``(final score - first score) / max(|first score|, 0.01)``; kinds are
@@ -558,7 +566,7 @@ def _prior(curves: list[Curve], quantiles: Sequence[float]) -> dict[str, Any]:
     Sparse cells (< 20 curves) fall back to the kind, then to all curves.
     """
     first = np.array([c.scores[0] for c in curves])
-    final = np.array([c.scores[-1] for c in curves])
+    final = np.array([c.scores[-1] if target == "value" else c.scores.max() for c in curves])
     gain = (final - first) / np.maximum(np.abs(first), _PRIOR_FLOOR)
     kind = _kind(first)
     bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]),

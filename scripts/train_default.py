@@ -93,13 +93,15 @@ def main() -> None:
     parser.add_argument("--n-estimators", type=int, default=150)
     parser.add_argument("--learning-rate", type=float, default=0.08)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", choices=("value", "best"), default="value",
+                        help="predict the value at each horizon, or the best value up to it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.time()
     print("corpora (train split only):")
     curves, weights, sources = load_training_curves(args.max_curves, args.seed)
     predictor = Predictor(n_estimators=args.n_estimators, learning_rate=args.learning_rate,
-                          random_state=args.seed)
+                          random_state=args.seed, target=args.target)
     predictor.fit(curves, sample_weight=weights, sources=sources)
     predictor.training_["train_seconds"] = round(time.time() - start, 1)
     predictor.save(args.out)

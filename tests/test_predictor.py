@@ -198,3 +198,21 @@ def test_shipped_default_model_loads_and_was_not_trained_on_held_out_groups():
     assert model.training_["n_curves_in_holdout"] == 0
     p = model.predict(Curve("c", [1e9, 2e9, 4e9], [0.1, 0.2, 0.25], budget=1e10))
     assert np.all(np.diff(p.scores, axis=1) >= 0)
+
+
+def test_best_target_trains_on_the_running_best(curves):
+    from metastop.predictor import _training_rows
+
+    usable = [c for c in curves if len(c) >= 3][:40]
+    calibration = np.zeros(len(usable), dtype=bool)
+    rng = lambda: np.random.default_rng(0)  # noqa: E731 - same rows for both targets
+    best = _training_rows(usable, "best", np.ones(len(usable)), calibration, 4, 4, rng())
+    value = _training_rows(usable, "value", np.ones(len(usable)), calibration, 4, 4, rng())
+    assert np.all(best.y >= 0.0)          # the best up to a horizon never falls below the best now
+    assert np.all(best.y >= value.y)
+    assert np.any(value.y < 0.0)          # while values do fall below it on real curves
+
+
+def test_unknown_target_is_rejected_naming_it(curves):
+    with pytest.raises(ParameterError, match="target must be one of"):
+        Predictor(target="mean").fit(curves)
