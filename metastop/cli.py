@@ -40,7 +40,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
-    Console().print(table)
+    # Piped or captured output gets a wide table rather than rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _cell(value: Any) -> str:
