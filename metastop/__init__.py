@@ -20,7 +20,7 @@ _EXPORTS = {
     "Price": "prices", "PriceBook": "prices",
     "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",
     "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
-    "AllOf": "policies", "DEFAULT_PRICE": "policies", "DEFAULT_RISK": "policies",
+    "AllOf": "policies", "Confirmed": "policies", "DEFAULT_PRICE": "policies", "DEFAULT_RISK": "policies",
     "StopController": "runtime", "sync_decision": "runtime",
     "Predictor": "predictor", "split_holdout": "splits",
     "Registry": "registry", "Governor": "governor", "retrain": "retrain",

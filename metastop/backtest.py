@@ -622,7 +622,8 @@ def _predict_batch(predictor: Any, curves: list[Curve], horizons: list[Any]) -> 
 
 def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: float | None = None) -> Policy:
     """A policy by its report name: ``metastop`` (CostAware at the shipped defaults, or at
-    ``price`` / ``risk``), ``patience-N``, ``improvement-probability``.
+    ``price`` / ``risk``), ``metastop-confirmed-N`` (the same, stopping only after N stop
+    verdicts in a row), ``patience-N``, ``improvement-probability``.
 
     Example:
         >>> make_policy("patience-5").params["patience"]
@@ -639,10 +640,15 @@ def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: fl
     if name == METASTOP:
         return policies.CostAware(predictor, price=price if price is not None else DEFAULT_PRICE,
                                   risk=risk if risk is not None else DEFAULT_RISK)
+    if name.startswith(f"{METASTOP}-confirmed-"):
+        n = name.removeprefix(f"{METASTOP}-confirmed-")
+        if not n.isdigit():
+            raise ParameterError(f"policy {name!r}: N must be a whole number, e.g. metastop-confirmed-2")
+        return policies.Confirmed(make_policy(METASTOP, predictor, price=price, risk=risk), n=int(n))
     if name == IMPROVEMENT_PROBABILITY:
         return policies.ImprovementProbability(predictor)
-    raise ParameterError(f"unknown policy {name!r}; known: {list(STANDARD_POLICIES)} "
-                         f"or patience-N for any N >= 1")
+    raise ParameterError(f"unknown policy {name!r}; known: {list(STANDARD_POLICIES)}, "
+                         f"metastop-confirmed-N or patience-N for any N >= 1")
 
 
 def as_price(price: Any) -> Any:

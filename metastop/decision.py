@@ -26,6 +26,7 @@ class Reason(str, Enum):
     DIVERGED = "diverged"
     WITHIN_LIMITS = "within_limits"
     SHADOW = "shadow"
+    CONFIRMING = "confirming"
     BAD_INPUT = "bad_input"
 
 

@@ -11,7 +11,8 @@ Policies:
     - ``ImprovementProbability``: stop when beating the best so far is unlikely
       (Domhan et al. 2015; LC-PFN, Adriaensen et al. 2023).
     - ``Threshold``: stop at a target or on divergence.
-    - ``AnyOf`` / ``AllOf``: compose policies.
+    - ``AnyOf`` / ``AllOf``: compose policies; ``Confirmed``: stop only after n stop
+      verdicts in a row (for noisy metrics).
 
 Example:
     >>> from metastop.curves import Curve
@@ -490,3 +491,56 @@ class AllOf(_Composite):
         if waiting is not None:
             return waiting
         return decisions[0].replace(message="; ".join(d.message for d in decisions))
+
+
+class Confirmed(StoppingPolicy):
+    """Stop only when ``policy`` has said stop at each of the last ``n`` evaluations.
+
+    A wrapper for noisy metrics (small eval sets, EM measured on a few hundred examples): one
+    unlucky evaluation no longer ends a run. Like every policy it is a pure function of the
+    curve: it asks ``policy`` about the last ``n`` prefixes. A member's ``BUDGET_REACHED``
+    stops at once.
+
+    Args:
+        policy: the policy to confirm.
+        n: consecutive stop verdicts required (>= 1; 1 is ``policy`` itself).
+
+    Example:
+        >>> from metastop.curves import Curve
+        >>> curve = Curve("c", [1, 2, 3, 4, 5], [0.3, 0.2, 0.2, 0.2, 0.2], budget=10)
+        >>> Patience(2).decide(curve.prefix(3)).stop, Confirmed(Patience(2), n=2).decide(curve.prefix(3)).stop
+        (True, False)
+    """
+
+    name = "confirmed"
+
+    def __init__(self, policy: StoppingPolicy, *, n: int = 2):
+        if not callable(getattr(policy, "decide", None)):
+            raise ParameterError(f"policy must have a decide(curve) method, got policy={policy!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ParameterError(f"n must be an integer >= 1, got n={n!r}")
+        self.policy, self.n = policy, int(n)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"n": self.n, "policy": {"name": getattr(self.policy, "name", type(self.policy).__name__),
+                                        "params": getattr(self.policy, "params", {})}}
+
+    def decide(self, curve: Curve) -> Decision:
+        return self.decide_many([curve])[0]
+
+    def decide_many(self, curves: Sequence[Curve]) -> list[Decision]:
+        depth = [min(self.n, len(c)) for c in curves]
+        prefixes = [c.prefix(len(c) - k) for c, d in zip(curves, depth) for k in range(d)]
+        verdicts = iter(_decide_many(self.policy, prefixes))
+        return [self._confirm(c, [next(verdicts) for _ in range(d)]) for c, d in zip(curves, depth)]
+
+    def _confirm(self, curve: Curve, verdicts: list[Decision]) -> Decision:
+        latest = verdicts[0]
+        if not latest.stop or latest.reason is Reason.BUDGET_REACHED:
+            return latest
+        agreeing = next((i for i, d in enumerate(verdicts) if not d.stop), len(verdicts))
+        if agreeing >= self.n:
+            return latest.replace(message=f"{latest.message} (confirmed {self.n} evaluations in a row)")
+        return latest.replace(stop=False, reason=Reason.CONFIRMING, message=f"wait: {agreeing} of {self.n} stop verdicts "
+                                                   f"in a row ({latest.message})")

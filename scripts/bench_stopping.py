@@ -65,11 +65,11 @@ def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, A
 
 def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int,
                  png_dir: Path | None = None) -> dict[str, Any]:
-    from metastop.backtest import compare, run_suite
+    from metastop.backtest import STANDARD_POLICIES, compare, run_suite
 
     curves, source = held_out(name, limit, seed)
     start = time.perf_counter()
-    suite = run_suite(curves, predictor)
+    suite = run_suite(curves, predictor, policies=(*STANDARD_POLICIES, "metastop-confirmed-2"))
     wall = time.perf_counter() - start
     metastop = suite.report("metastop")
     data = suite.to_json({

@@ -377,3 +377,13 @@ def test_run_suite_json_and_utility():
         assert utility[name]["utility_mean"] <= utility["oracle"]["utility_mean"] + 1e-9
     assert progress[-1][0] == progress[-1][1]
     assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
+def test_make_policy_builds_a_confirmed_metastop():
+    from metastop.backtest import make_policy
+    from metastop.policies import Confirmed, CostAware
+
+    policy = make_policy("metastop-confirmed-3", LastValuePredictor())
+    assert isinstance(policy, Confirmed) and policy.n == 3 and isinstance(policy.policy, CostAware)
+    with pytest.raises(ParameterError, match="N must be a whole number"):
+        make_policy("metastop-confirmed-x", LastValuePredictor())

@@ -14,7 +14,7 @@ from metastop.errors import ParameterError
 from metastop.prediction import Prediction
 from metastop.prices import Price
 from metastop.policies import (
-    DEFAULT_PRICE, DEFAULT_RISK, AllOf, AnyOf, CostAware, ImprovementProbability, Patience,
+    DEFAULT_PRICE, DEFAULT_RISK, AllOf, AnyOf, Confirmed, CostAware, ImprovementProbability, Patience,
     StoppingPolicy, Threshold, evaluation_horizons, probability_above,
 )
 from metastop.runtime import StopController
@@ -102,6 +102,12 @@ CASES = [
     ("any-of", lambda: AnyOf(Patience(5), Threshold(target=0.3)), [0.1, 0.2, 0.3, 0.3], {}, 2),
     ("all-of", lambda: AllOf(Patience(1), Threshold(diverge_below=0.15)),
      [0.3, 0.2, 0.35, 0.1, 0.3], {}, 3),
+    ("confirmed-waits-one-more", lambda: Confirmed(Patience(2), n=2), [0.1, 0.2, 0.3, 0.3, 0.3, 0.3], {}, 5),
+    ("confirmed-noise-spike", lambda: Confirmed(Threshold(diverge_below=0.15), n=2),
+     [0.3, 0.1, 0.3, 0.1, 0.1, 0.3], {}, 4),
+    ("confirmed-n1-is-the-policy", lambda: Confirmed(Patience(2), n=1), [0.1, 0.2, 0.3, 0.3, 0.3], {}, 4),
+    ("confirmed-budget-at-once", lambda: Confirmed(CostAware(LinearPredictor(), price=Price.tokens(1e4)), n=3),
+     RISING_SLOWER, {"budget": 700.0}, 6),
 ]
 
 
@@ -230,6 +236,8 @@ POLICIES = {
                r"AnyOf needs at least one policy"),
     "all_of": (lambda: AllOf(Patience(1), Threshold(diverge_below=0.345)), lambda: AllOf(object()),
                r"policies\[0\] must have a decide\(curve\) method"),
+    "confirmed": (lambda: Confirmed(Patience(1), n=2), lambda: Confirmed(Patience(1), n=0),
+                  r"n must be an integer >= 1, got n=0"),
 }
 CONTRACT_CURVE = curve_of([0.1, 0.2, 0.3, 0.35, 0.36, 0.34, 0.33, 0.37, 0.36, 0.35])
 
