@@ -722,8 +722,9 @@ class Suite:
             return []
         points = [(p.params, p.token_savings_mean, p.em_loss_mean)
                   for p in getattr(self.frontiers.get(baseline), "points", ())]
+        swept = [params for params, _, _ in points]
         points += [(r.params, r.token_savings_mean, r.em_loss_mean) for r in self.reports
-                   if r.name.startswith(f"{baseline}-")]
+                   if r.name.startswith(f"{baseline}-") and r.params not in swept]
         return [{"params": _plain(params), "token_savings_mean": _float(s), "em_loss_mean": _float(l),
                  "metastop_loss_at_same_savings": _float(front.loss_at(s))}
                 for params, s, l in points if not front.dominates(s, l)]
