@@ -1,6 +1,12 @@
-"""Shared fixtures: the shipped default model, loaded once per test session."""
+"""Shared test helpers: the shipped default model, and children paused at a named phase."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +24,21 @@ def shipped_predictor() -> Predictor:
 def cost_aware(predictor: Predictor, tokens_per_point: float) -> CostAware:
     """CostAware with one point worth ``tokens_per_point`` tokens."""
     return CostAware(predictor, price=Price.tokens(tokens_per_point))
+
+
+def start_paused(code: str, phase: str, args: list[str], marker: Path,
+                 timeout: float = 180.0) -> subprocess.Popen:
+    """Run ``code`` in a child Python that pauses at ``phase`` (``registry.pause_point``);
+    return once it is there, so a test can kill it at exactly that moment."""
+    env = {**os.environ, "METASTOP_PAUSE_AT": phase, "METASTOP_PAUSE_FILE": str(marker)}
+    child = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                             cwd=Path(__file__).resolve().parent.parent, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"child ended before {phase}: {child.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"child never reached {phase}")
+        time.sleep(0.05)
+    return child

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import start_paused
 from metastop.paths import shared_corpus
 from metastop.curves import CurveSet
 from metastop.errors import ModelError, ParameterError
@@ -186,29 +187,12 @@ reg.promote(reg.add(sys.argv[2], name="challenger"))
 """
 
 
-def run_until(phase: str, args: list[str], tmp_path: Path, code: str = PROMOTE,
-              timeout: float = 120.0) -> subprocess.Popen:
-    """Start ``code`` in a child that pauses at ``phase``; return once it is there."""
-    marker = tmp_path / f"at-{phase}"
-    env = {**os.environ, "METASTOP_PAUSE_AT": phase, "METASTOP_PAUSE_FILE": str(marker)}
-    child = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
-                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if child.poll() is not None:
-            raise AssertionError(f"child ended before {phase}: {child.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            child.kill()
-            raise AssertionError(f"child never reached {phase}")
-        time.sleep(0.05)
-    return child
-
-
 @pytest.mark.parametrize("phase", ["registry.add.copied", "registry.pointer.written"])
 def test_sigkill_during_promotion_leaves_the_champion(registry, saved_models, tmp_path, phase):
     registry.promote(registry.add(saved_models[0], name="v1"))
     before = folder_digest(registry.champion())
-    child = run_until(phase, [str(registry.root), str(saved_models[1])], tmp_path)
+    child = start_paused(PROMOTE, phase, [str(registry.root), str(saved_models[1])],
+                         tmp_path / f"at-{phase}", timeout=120.0)
     child.send_signal(signal.SIGKILL)
     child.wait()
     fresh = Registry(registry.root, lock_timeout=1.0)

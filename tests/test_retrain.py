@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from metastop.cli import main
+from conftest import start_paused
 from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ParameterError
@@ -157,26 +156,11 @@ retrain([sys.argv[2]], registry=Registry(sys.argv[1]), out=sys.argv[3], force=Tr
 """
 
 
-def start_paused(phase: str, args: list[str], marker: Path, timeout: float = 180.0):
-    env = {**os.environ, "METASTOP_PAUSE_AT": phase, "METASTOP_PAUSE_FILE": str(marker)}
-    child = subprocess.Popen([sys.executable, "-c", RETRAIN, *args], env=env, cwd=ROOT,
-                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if child.poll() is not None:
-            raise AssertionError(f"retrain ended before {phase}: {child.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            child.kill()
-            raise AssertionError(f"retrain never reached {phase}")
-        time.sleep(0.05)
-    return child
-
-
 @pytest.mark.parametrize("phase", ["retrain.train", "retrain.promote", "registry.pointer.written"])
 def test_sigkill_leaves_the_champion_loadable_and_unchanged(registry, tmp_path, phase):
     data = write_table(list(pythia("piqa"))[:40], tmp_path / "curves.parquet")
     before = folder_digest(registry.champion())
-    child = start_paused(phase, [str(registry.root), str(data), str(tmp_path / "report")],
+    child = start_paused(RETRAIN, phase, [str(registry.root), str(data), str(tmp_path / "report")],
                          tmp_path / "marker")
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL

@@ -189,7 +189,7 @@ def eval_steps(cumulative: np.ndarray, n_evals: int) -> np.ndarray:
 @torch.no_grad()
 def exact_match(model: TinyDecoder, data: _Encoded) -> float:
     """Greedy-decode every held-out prompt; share whose answer and ``<eos>`` match exactly."""
-    model.eval()
+    model.train(False)  # evaluation mode
     n, answer_len = data.answers.shape
     width = int(data.prompt_lengths.max()) + answer_len
     buffer = torch.full((n, width), PAD, dtype=torch.long)
