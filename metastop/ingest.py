@@ -59,8 +59,9 @@ _FORMAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, Overflow
 def detect_format(path: str | os.PathLike) -> str:
     """Name the format of ``path``: ``long``, ``trainer_state``, ``tensorboard`` or ``wide``.
 
-    Tables are told apart by content (a ``curve_id`` or ``value`` column means long, a
-    step column without them means wide); a ``.json`` file is read as a Trainer state,
+    Tables are told apart by content (a ``curve_id`` column means long; otherwise a step
+    column means wide, as in W&B exports and MLflow's one-metric ``step, value, timestamp``
+    files); a ``.json`` file is read as a Trainer state,
     which must hold a ``log_history`` list; ``events.out.tfevents.*`` names are TensorBoard.
     """
     path = Path(path)
@@ -88,10 +89,12 @@ def _detect_directory(path: Path) -> str:
 
 
 def _detect_table(frame: pd.DataFrame, path: Path) -> str:
-    if "curve_id" in frame.columns or "value" in frame.columns:
+    if "curve_id" in frame.columns:
         return LONG
     if _step_column(frame) is not None:
         return WIDE
+    if "value" in frame.columns:
+        return LONG
     raise CurveError(f"missing column: a long table needs curve_id, tokens, value; a wide "
                      f"export needs a step column ({', '.join(STEP_COLUMNS)}); columns "
                      f"present: {list(map(str, frame.columns))}", source=str(path))
@@ -129,7 +132,8 @@ def _read(path: Path, *, on_error: str, format: str | None,
         if kind == LONG:
             return kind, long_table_curves(frame, source=str(path), on_error=on_error, **chosen)
         chosen["run_id"] = chosen.get("run_id") or path.stem
-        return kind, wide_table_curves(frame, source=str(path), on_error=on_error, **chosen)
+        return kind, wide_table_curves(_name_mlflow_metric(frame, chosen.get("metric"), path),
+                                       source=str(path), on_error=on_error, **chosen)
     kind = format or detect_format(path)
     readers = {LONG: read_long_table, TRAINER_STATE: read_trainer_state,
                TENSORBOARD: read_tensorboard, WIDE: read_wide_table}
@@ -655,7 +659,8 @@ def read_wide_table(path: str | os.PathLike, *, on_error: str = "fail",
     """Read a wide export: one step column and one column per metric (W&B, MLflow CSV).
 
     Each metric column becomes a curve ``<run>/<column>``; a W&B column ``"<run> - <metric>"``
-    names its own run. Empty cells (metrics logged at different steps) are skipped.
+    names its own run; MLflow's one-metric file (``step, value, timestamp``) is named by
+    ``metric`` or the file's stem. Empty cells (metrics logged at different steps) are skipped.
     Bookkeeping columns (``_timestamp``, ``_runtime``, ``epoch``, ``__MIN``/``__MAX``) are
     not metrics.
 
@@ -669,9 +674,17 @@ def read_wide_table(path: str | os.PathLike, *, on_error: str = "fail",
         run_id: the run's name (default: the file's stem).
     """
     path = Path(path)
-    return wide_table_curves(_read_frame(path), source=str(path), on_error=on_error,
+    frame = _name_mlflow_metric(_read_frame(path), metric, path)
+    return wide_table_curves(frame, source=str(path), on_error=on_error,
                              metric=metric, tokens_per_step=tokens_per_step, scale=scale,
                              run_id=run_id or path.stem)
+
+
+def _name_mlflow_metric(frame: pd.DataFrame, metric: str | None, path: Path) -> pd.DataFrame:
+    """MLflow's one-metric export has a ``value`` column: name it after ``metric`` or the file."""
+    if "value" not in frame.columns:
+        return frame
+    return frame.rename(columns={"value": metric or path.stem})
 
 
 def wide_table_curves(frame: pd.DataFrame, *, source: str, on_error: str = "fail",

@@ -485,3 +485,14 @@ def test_cli_ingest_skip_says_what_was_dropped(tmp_path):
 def test_cli_ingest_help_has_examples():
     result = CliRunner().invoke(main, ["ingest", "--help"])
     assert result.exit_code == 0 and "metastop ingest out/trainer_state.json" in result.output
+
+
+def test_mlflow_single_metric_export_is_read_as_a_wide_table(tmp_path):
+    path = tmp_path / "eval_exact_match.csv"
+    pd.DataFrame({"step": [10, 20, 30], "value": [0.1, 0.25, 0.3],
+                  "timestamp": [1700000000000, 1700000060000, 1700000120000]}).to_csv(path, index=False)
+    assert detect_format(path) == "wide"
+    [curve] = read_curves(path, tokens_per_step=100)
+    assert curve.metric == "exact_match" and curve.curve_id == "eval_exact_match/eval_exact_match"
+    assert curve.tokens.tolist() == [1000.0, 2000.0, 3000.0]
+    assert curve.values.tolist() == [0.1, 0.25, 0.3]
