@@ -213,9 +213,9 @@ class PriceBook:
 
         TOML example::
 
-            default = { fraction_of_budget = 0.05 }
-            [priorities]
-            critical = { fraction_of_budget = 0.01 }
+            default = { fraction_of_budget = 0.1 }
+            [priorities]          # urgent work values an EM point more: it stops later
+            critical = { fraction_of_budget = 0.5 }
             bulk = { tokens = 1e8 }
             [tasks]
             gsm8k = { money = 50.0, per_million_tokens = 0.4 }
