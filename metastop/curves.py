@@ -522,7 +522,7 @@ class _TableBuilder:
                 for row, miss in zip(firsts.to_dict("records"), missing)]
 
     def _assemble(self, attrs: dict[str, np.ndarray]) -> CurveSet:
-        known = {"curve_id", "tokens", "value", "step", self.tokens_column, *CURVE_COLUMNS,
+        known = {*REQUIRED_COLUMNS, *POINT_COLUMNS, self.tokens_column, *CURVE_COLUMNS,
                  self.budget_column}
         extra = [c for c in self.frame.columns if c not in known]
         metas = self._metas(extra)

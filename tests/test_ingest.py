@@ -4,7 +4,6 @@ LCDB mapping, many sources, and the ``metastop ingest`` command."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

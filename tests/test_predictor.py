@@ -9,7 +9,7 @@ from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
 from metastop.features import FEATURE_VERSION
-from metastop.predictor import DEFAULT_DIR, MANIFEST, Predictor, default_horizons
+from metastop.predictor import MANIFEST, Predictor, default_horizons
 from metastop.prediction import Prediction
 from metastop.splits import holdout_group, is_held_out, split_holdout
 

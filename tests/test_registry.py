@@ -3,7 +3,6 @@ refusal of tampered models, and SIGKILL in the middle of a promotion."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
