@@ -13,17 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from metastop._lazy import lazy_exports
 
 _EXPORTS = {"MetaStopPruner": "optuna", "MetaStopStopper": "ray"}
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'metastop.integrations' has no attribute {name!r}; "
-                             f"the two callbacks live in metastop.integrations.hf and .lightning")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__, __dir__ = lazy_exports(
+    __name__, _EXPORTS, globals(),
+    hint="; the two callbacks live in metastop.integrations.hf and .lightning")
