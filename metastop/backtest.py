@@ -462,6 +462,13 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
 
 
 # --- prediction quality ----------------------------------------------------------------------
+def seen_at(curve: Curve, fraction: float) -> Curve | None:
+    """The points seen when ``fraction`` of the budget is spent (``tokens <= f * budget``), or
+    ``None`` when no point or every point is seen by then (nothing to predict)."""
+    n = int(np.searchsorted(curve.tokens, fraction * curve.budget, side="right"))
+    return curve.prefix(n) if 1 <= n < len(curve) else None
+
+
 def prediction_report(curves: Sequence[Curve], predictor: Any, *,
                       fractions: Sequence[float] = MAE_FRACTIONS,
                       progress: Progress | None = None) -> PredictionReport:
@@ -475,8 +482,7 @@ def prediction_report(curves: Sequence[Curve], predictor: Any, *,
     errors: dict[float, list[float]] = {f: [] for f in fractions}
     inside: list[bool] = []
     for i, f in enumerate(fractions):
-        pairs = [(c, c.upto(f * c.budget)) for c in curves
-                 if c.tokens[0] <= f * c.budget and c.tokens[-1] > f * c.budget]
+        pairs = [(c, p) for c in curves if (p := seen_at(c, f)) is not None]
         predictions = _predict_at_end(predictor, pairs)
         for (curve, _), prediction in zip(pairs, predictions):
             final = float(curve.scores[-1])

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metastop.backtest import seen_at
 from metastop.curves import Curve, CurveSet
 from metastop.fits import FAMILY_NAMES, fit_families
 from metastop.predictor import Predictor
@@ -44,12 +45,6 @@ CORPORA = {
 }
 FRACTIONS = (0.1, 0.25, 0.5)
 BASELINES = ("last", "best", *FAMILY_NAMES, "best_of_fits")
-
-
-def cut(curve: Curve, fraction: float) -> Curve | None:
-    """The points with tokens <= fraction * budget, or None if none or all of them."""
-    n = int(np.searchsorted(curve.tokens, fraction * curve.budget, side="right"))
-    return curve.prefix(n) if 1 <= n < len(curve) else None
 
 
 def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
@@ -77,7 +72,7 @@ def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
     out = {"n_curves": len(test), "median_points": float(np.median([len(c) for c in test])),
            "fractions": {}}
     for f in FRACTIONS:
-        pairs = [(c, p) for c in test if (p := cut(c, f)) is not None]
+        pairs = [(c, p) for c in test if (p := seen_at(c, f)) is not None]
         if not pairs:
             continue
         curves, prefixes = zip(*pairs)
@@ -101,7 +96,7 @@ def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
 
 def latency(predictor: Predictor, curves: CurveSet, calls: int) -> dict:
     """One-curve p50/p99 (default 8 horizons) and batch throughput at 25% observed."""
-    candidates = [p for c in curves if len(c) >= 8 and (p := cut(c, 0.5)) is not None]
+    candidates = [p for c in curves if len(c) >= 8 and (p := seen_at(c, 0.5)) is not None]
     one = candidates[0]
     predictor.predict(one)
     times = []
@@ -109,7 +104,7 @@ def latency(predictor: Predictor, curves: CurveSet, calls: int) -> dict:
         start = time.perf_counter()
         predictor.predict(one)
         times.append(time.perf_counter() - start)
-    batch = [p for c in curves if (p := cut(c, 0.25)) is not None][:4000]
+    batch = [p for c in curves if (p := seen_at(c, 0.25)) is not None][:4000]
     start = time.perf_counter()
     predictor.predict_many(batch)
     elapsed = time.perf_counter() - start
