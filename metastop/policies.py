@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._checks import in_range, number
 from .curves import Curve
 from .decision import Decision, Reason
 from .errors import ParameterError
@@ -49,23 +50,6 @@ DEFAULT_MIN_FRACTION = 0.1
 """Model-based policies never stop before this share of the budget has been seen."""
 MAX_HORIZONS = 12
 """At most this many later evaluation points are weighed by ``CostAware``."""
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ParameterError(f"{name} must be a number, got {name}={value!r}")
-    if not math.isfinite(value):
-        raise ParameterError(f"{name} must be finite, got {name}={value!r}")
-    return float(value)
-
-
-def _in_range(name: str, value: Any, low: float, high: float, *, open_ends: bool = False) -> float:
-    value = _number(name, value)
-    inside = low < value < high if open_ends else low <= value <= high
-    if not inside:
-        bounds = f"({low}, {high})" if open_ends else f"[{low}, {high}]"
-        raise ParameterError(f"{name} must be in {bounds}, got {name}={value!r}")
-    return value
 
 
 def _check_predictor(predictor: Any) -> Any:
@@ -219,8 +203,8 @@ class CostAware(_PredictivePolicy):
         if not isinstance(price, Price):
             raise ParameterError(f"price must be a metastop.prices.Price, got price={price!r}")
         self.price = price
-        self.risk = _in_range("risk", risk, 0.0, 1.0, open_ends=True)
-        self.min_fraction = _in_range("min_fraction", min_fraction, 0.0, 1.0)
+        self.risk = in_range("risk", risk, 0.0, 1.0, open_ends=True)
+        self.min_fraction = in_range("min_fraction", min_fraction, 0.0, 1.0)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -290,11 +274,11 @@ class ImprovementProbability(_PredictivePolicy):
     def __init__(self, predictor: Any, *, delta: float = 0.0, p: float = 0.05,
                  min_fraction: float = DEFAULT_MIN_FRACTION):
         self.predictor = _check_predictor(predictor)
-        self.delta = _number("delta", delta)
+        self.delta = number("delta", delta)
         if self.delta < 0:
             raise ParameterError(f"delta must be >= 0, got delta={delta!r}")
-        self.p = _in_range("p", p, 0.0, 1.0, open_ends=True)
-        self.min_fraction = _in_range("min_fraction", min_fraction, 0.0, 1.0)
+        self.p = in_range("p", p, 0.0, 1.0, open_ends=True)
+        self.min_fraction = in_range("min_fraction", min_fraction, 0.0, 1.0)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -344,7 +328,7 @@ class Patience(StoppingPolicy):
         if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
             raise ParameterError(f"warmup must be an integer >= 0, got warmup={warmup!r}")
         self.patience = int(patience)
-        self.min_delta = _number("min_delta", min_delta)
+        self.min_delta = number("min_delta", min_delta)
         if self.min_delta < 0:
             raise ParameterError(f"min_delta must be >= 0, got min_delta={min_delta!r}")
         self.warmup = int(warmup)
@@ -397,9 +381,9 @@ class Threshold(StoppingPolicy):
         if target is None and diverge_below is None and diverge_above is None:
             raise ParameterError("Threshold needs at least one of target, diverge_below, "
                                  "diverge_above; got none")
-        self.target = None if target is None else _number("target", target)
-        self.diverge_below = None if diverge_below is None else _number("diverge_below", diverge_below)
-        self.diverge_above = None if diverge_above is None else _number("diverge_above", diverge_above)
+        self.target = None if target is None else number("target", target)
+        self.diverge_below = None if diverge_below is None else number("diverge_below", diverge_below)
+        self.diverge_above = None if diverge_above is None else number("diverge_above", diverge_above)
         if (self.diverge_below is not None and self.diverge_above is not None
                 and self.diverge_below >= self.diverge_above):
             raise ParameterError(f"diverge_below must be < diverge_above, got diverge_below="

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from ._checks import positive
 from .curves import atomic_path
 from .errors import ParameterError, ReadError
 
@@ -32,14 +32,6 @@ TOKENS = "tokens"
 FRACTION_OF_BUDGET = "fraction_of_budget"
 MONEY = "money"
 KINDS = (TOKENS, FRACTION_OF_BUDGET, MONEY)
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParameterError(f"{name} must be a number, got {name}={value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ParameterError(f"{name} must be finite and > 0, got {name}={value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -63,10 +55,10 @@ class Price:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ParameterError(f"kind must be one of {KINDS}, got kind={self.kind!r}")
-        object.__setattr__(self, "amount", _positive("amount", self.amount))
+        object.__setattr__(self, "amount", positive("amount", self.amount))
         if self.kind == MONEY:
             object.__setattr__(self, "per_million_tokens",
-                               _positive("per_million_tokens", self.per_million_tokens))
+                               positive("per_million_tokens", self.per_million_tokens))
         elif self.per_million_tokens is not None:
             raise ParameterError(f"per_million_tokens only applies to kind='money', got "
                                  f"per_million_tokens={self.per_million_tokens!r} for kind={self.kind!r}")
@@ -74,18 +66,18 @@ class Price:
     @classmethod
     def tokens(cls, n: float) -> Price:
         """One point is worth ``n`` tokens."""
-        return cls(TOKENS, _positive("n", n))
+        return cls(TOKENS, positive("n", n))
 
     @classmethod
     def fraction_of_budget(cls, f: float) -> Price:
         """One point is worth the share ``f`` of the run's budget (0.05 = 5%)."""
-        return cls(FRACTION_OF_BUDGET, _positive("f", f))
+        return cls(FRACTION_OF_BUDGET, positive("f", f))
 
     @classmethod
     def money(cls, per_point: float, per_million_tokens: float) -> Price:
         """One point is worth ``per_point`` money; a million tokens cost ``per_million_tokens``."""
-        return cls(MONEY, _positive("per_point", per_point),
-                   _positive("per_million_tokens", per_million_tokens))
+        return cls(MONEY, positive("per_point", per_point),
+                   positive("per_million_tokens", per_million_tokens))
 
     def tokens_per_point(self, budget: float) -> float:
         """How many tokens one point is worth for a run with this ``budget``."""
@@ -93,11 +85,11 @@ class Price:
             return self.amount
         if self.kind == MONEY:
             return self.amount / self.per_million_tokens * 1e6
-        return self.amount * _positive("budget", budget)
+        return self.amount * positive("budget", budget)
 
     def scaled(self, factor: float) -> Price:
         """The same kind of price, ``factor`` times as high (the governor tunes prices so)."""
-        return Price(self.kind, self.amount * _positive("factor", factor), self.per_million_tokens)
+        return Price(self.kind, self.amount * positive("factor", factor), self.per_million_tokens)
 
     def __str__(self) -> str:
         if self.kind == TOKENS:
@@ -130,7 +122,7 @@ class Price:
         if len(kinds) != 1 or extra:
             raise ParameterError(f"a price needs exactly one of {KINDS} (money also needs "
                                  f"per_million_tokens), got {dict(data)!r}")
-        amount = _positive(kinds[0], data[kinds[0]])
+        amount = positive(kinds[0], data[kinds[0]])
         return cls(kinds[0], amount, data.get("per_million_tokens") if kinds[0] == MONEY else None)
 
 

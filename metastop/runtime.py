@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._checks import positive
 from .curves import DIRECTIONS, MAXIMIZE, Curve
 from .decision import Decision, Reason
 from .errors import ParameterError
@@ -73,8 +74,8 @@ class StopController:
                  curve_id: str = "run", run_id: str | None = None, task: str | None = None,
                  log_path: str | os.PathLike | None = None, shadow: bool = False,
                  distributed: bool | None = None):
-        self.budget = _positive_number("budget", budget)
-        self.min_tokens = _positive_number("min_tokens", min_tokens, allow_zero=True)
+        self.budget = positive("budget", budget)
+        self.min_tokens = positive("min_tokens", min_tokens, allow_zero=True)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got direction={direction!r}")
         if predictor is not None and policy is not None:
@@ -327,12 +328,3 @@ def _as_float(x: Any) -> float:
         return float(x)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ParameterError(f"{name} must be a number, got {name}={value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ParameterError(f"{name} must be finite and {rule}, got {name}={value!r}")
-    return float(value)

@@ -75,7 +75,7 @@ def test_non_finite_values_are_skipped_and_no_values_never_prunes():
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ParameterError, match="budget must be > 0, got budget=0"):
+    with pytest.raises(ParameterError, match="budget must be finite and > 0, got budget=0"):
         MetaStopPruner(Patience(2), budget=0)
     with pytest.raises(ParameterError, match="tokens_per_step"):
         MetaStopPruner(Patience(2), budget=10, tokens_per_step=-1)

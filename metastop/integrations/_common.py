@@ -32,12 +32,6 @@ def make_controller(controller: Any, policy: Any, budget: float | None, curve_id
     return StopController(policy=policy, budget=budget, curve_id=curve_id)
 
 
-def check_positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ParameterError(f"{name} must be > 0, got {name}={value!r}")
-    return float(value)
-
-
 def missing_metric(name: str, present: Iterable[str]) -> str:
     """The warning for an evaluation that lacks the monitored metric."""
     return (f"metastop: metric {name!r} is not in this evaluation's metrics, so no stop decision "

@@ -16,7 +16,8 @@ import warnings
 from typing import Any
 
 from ..errors import ParameterError
-from ._common import as_float, check_positive, make_controller, missing_metric, require
+from .._checks import positive
+from ._common import as_float, make_controller, missing_metric, require
 
 require("transformers", "hf")
 from transformers.trainer_callback import ExportableState, TrainerCallback  # noqa: E402
@@ -44,7 +45,7 @@ class MetaStopCallback(TrainerCallback, ExportableState):
                  metric: str = "eval_exact_match", tokens_per_step: float = 1.0):
         self.controller = make_controller(controller, policy, budget, curve_id="hf")
         self.metric = metric
-        self.tokens_per_step = check_positive("tokens_per_step", tokens_per_step)
+        self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
 
     def state(self) -> dict:
         """Plain data for ``trainer_state.json``: the controller's ``state_dict()``."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from ._common import as_float, check_positive, make_controller, missing_metric, require
+from .._checks import positive
+from ._common import as_float, make_controller, missing_metric, require
 
 _pl = require("lightning.pytorch", "lightning")
 from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402 (after the install hint)
@@ -42,7 +43,7 @@ class MetaStopCallback(_pl.Callback):
         self.controller = make_controller(controller, policy, budget, curve_id="lightning")
         self.monitor = monitor
         self.tokens = tokens
-        self.tokens_per_step = check_positive("tokens_per_step", tokens_per_step)
+        self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
 
     @property
     def state_key(self) -> str:

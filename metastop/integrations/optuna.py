@@ -18,7 +18,8 @@ from typing import Any
 from ..curves import MAXIMIZE, MINIMIZE, Curve
 from ..decision import Reason
 from ..runtime import default_policy
-from ._common import check_positive, require
+from .._checks import positive
+from ._common import require
 
 _optuna = require("optuna", "optuna")
 logger = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ class MetaStopPruner(_optuna.pruners.BasePruner):
 
     def __init__(self, policy: Any = None, *, budget: float, tokens_per_step: float = 1.0):
         self.policy = policy if policy is not None else default_policy()
-        self.budget = check_positive("budget", budget)
-        self.tokens_per_step = check_positive("tokens_per_step", tokens_per_step)
+        self.budget = positive("budget", budget)
+        self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
         self.decisions: dict[int, Any] = {}
 
     def prune(self, study: "_optuna.study.Study", trial: "_optuna.trial.FrozenTrial") -> bool:

@@ -16,7 +16,8 @@ from typing import Any
 from ..curves import DIRECTIONS
 from ..errors import ParameterError
 from ..runtime import StopController, default_policy
-from ._common import as_float, check_positive, missing_metric, require
+from .._checks import positive
+from ._common import as_float, missing_metric, require
 
 _tune = require("ray.tune", "ray")
 
@@ -39,7 +40,7 @@ class MetaStopStopper(_tune.Stopper):
     def __init__(self, policy: Any = None, *, budget: float, metric: str = "exact_match",
                  tokens: str = "tokens", direction: str = "maximize"):
         self.policy = policy if policy is not None else default_policy()  # loaded once
-        self.budget = check_positive("budget", budget)
+        self.budget = positive("budget", budget)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got {direction=}")
         self.metric, self.tokens, self.direction = metric, tokens, direction
