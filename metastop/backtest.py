@@ -200,12 +200,18 @@ class Frontier:
         return tuple(reversed(kept))
 
     def loss_at(self, savings: float) -> float:
-        """The least mean loss reachable at ``savings`` or more, interpolating linearly
-        between Pareto points (mixing two settings at random reaches the segment between
-        them); ``inf`` beyond the largest saving on the frontier."""
+        """The least mean loss reachable at ``savings`` or more; ``inf`` beyond the largest
+        saving on the frontier.
+
+        Running one setting on a random share of the runs and another on the rest reaches
+        every point of the segment between them, so what is reachable is bounded by the
+        lower convex hull of the Pareto points (as the ROC convex hull of Provost and
+        Fawcett, 2001, "Robust classification for imprecise environments"); the loss is read
+        off that hull.
+        """
         front = self.pareto()
-        xs = np.array([p.token_savings_mean for p in front])
-        ys = np.array([p.em_loss_mean for p in front])
+        xs, ys = _lower_hull(np.array([p.token_savings_mean for p in front]),
+                             np.array([p.em_loss_mean for p in front]))
         if len(xs) == 0 or savings > xs[-1] + 1e-12:
             return math.inf
         if savings <= xs[0]:
@@ -218,6 +224,20 @@ class Frontier:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [p.to_dict() for p in self.points]
+
+
+def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower convex hull of points sorted by ``xs`` (Andrew's monotone chain)."""
+    hull: list[int] = []
+    for i in range(len(xs)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = (xs[b] - xs[a]) * (ys[i] - ys[a]) - (ys[b] - ys[a]) * (xs[i] - xs[a])
+            if cross > 0:  # b lies below the chord a-i: keep it
+                break
+            hull.pop()
+        hull.append(i)
+    return xs[hull], ys[hull]
 
 
 @dataclass(frozen=True)
@@ -561,7 +581,17 @@ IMPROVEMENT_PROBABILITY = "improvement-probability"
 STANDARD_POLICIES = (METASTOP, "patience-3", "patience-5", "patience-10",
                      IMPROVEMENT_PROBABILITY, ORACLE)
 PRICE_SWEEP = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
-"""Prices swept for the metastop frontier: one point is worth this share of the budget."""
+"""Prices swept for the metastop frontier (at the shipped risk and min_fraction): one point
+is worth this share of the budget."""
+FRONTIER_ENDS = ((0.0005, 0.9, 0.02), (0.001, 0.9, 0.02),
+                 (5.0, 0.95, 0.1), (20.0, 0.99, 0.1),
+                 (100.0, 0.999, 0.3), (100.0, 0.999, 0.6), (100.0, 0.999, 0.85),
+                 (100.0, 0.999, 1.0))
+"""``(price, risk, min_fraction)`` settings that extend the metastop frontier past the ends
+of ``PRICE_SWEEP``, where the price alone stops moving the policy: at the cheap end it may
+stop from 2% of the budget on; at the cautious end (a point worth 5 to 100 budgets) it judges
+the gain by a higher quantile and waits for a larger share of the budget, up to never
+stopping before the budget (``min_fraction`` 1: no savings, no loss)."""
 PATIENCE_SWEEP = (1, 2, 3, 4, 5, 7, 10, 15, 20)
 PROBABILITY_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35)
 
@@ -655,6 +685,23 @@ def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: fl
         return policies.ImprovementProbability(predictor)
     raise ParameterError(f"unknown policy {name!r}; known: {list(STANDARD_POLICIES)}, "
                          f"metastop-confirmed-N or patience-N for any N >= 1")
+
+
+def metastop_sweep() -> list[tuple[float, float, float]]:
+    """The metastop frontier's settings ``(price, risk, min_fraction)``, by increasing price:
+    ``PRICE_SWEEP`` at the shipped risk and min_fraction, plus ``FRONTIER_ENDS``."""
+    from .policies import DEFAULT_MIN_FRACTION, DEFAULT_RISK
+
+    standard = [(price, DEFAULT_RISK, DEFAULT_MIN_FRACTION) for price in PRICE_SWEEP]
+    return sorted(standard + list(FRONTIER_ENDS))
+
+
+def _cost_aware(predictor: Any, price: float, risk: float, min_fraction: float) -> Policy:
+    from .policies import CostAware
+    from .prices import Price
+
+    return CostAware(predictor, price=Price.fraction_of_budget(price), risk=risk,
+                     min_fraction=min_fraction)
 
 
 def as_price(price: Any) -> Any:
@@ -754,8 +801,9 @@ def run_suite(curves: Sequence[Curve], predictor: Any, *,
               keep: str = "best", sweeps: bool = True, predict: bool = True,
               progress: Progress | None = None) -> Suite:
     """Backtest the named policies (plus the hindsight oracle at ``price``), sweep the
-    frontiers (metastop over ``PRICE_SWEEP``, patience over ``PATIENCE_SWEEP``,
-    improvement-probability over ``PROBABILITY_SWEEP``, the oracle over ``PRICE_SWEEP``) and
+    frontiers (metastop over ``metastop_sweep()``, patience over ``PATIENCE_SWEEP``,
+    improvement-probability over ``PROBABILITY_SWEEP``, the oracle over the same prices as
+    metastop) and
     measure prediction quality.
 
     Predictions are cached across policies (``CachingPredictor``), so the first model-based
@@ -795,8 +843,8 @@ def _suite_jobs(curves: list[Curve], predictor: Any, names: Sequence[str], price
                      backtest(curves, pol, keep=keep, name=n, progress=p)))
     if sweeps and METASTOP in names:
         jobs.append((f"frontier:{METASTOP}", lambda p: frontier(
-            curves, lambda f: make_policy(METASTOP, predictor, price=Price.fraction_of_budget(f)),
-            PRICE_SWEEP, name=METASTOP, keep=keep, progress=p)))
+            curves, lambda setting: _cost_aware(predictor, *setting), metastop_sweep(),
+            name=METASTOP, keep=keep, progress=p)))
     if sweeps and any(n.startswith("patience-") for n in names):
         jobs.append(("frontier:patience", lambda p: frontier(
             curves, lambda n: make_policy(f"patience-{n}"), PATIENCE_SWEEP, name="patience",
@@ -808,7 +856,8 @@ def _suite_jobs(curves: list[Curve], predictor: Any, names: Sequence[str], price
             name=IMPROVEMENT_PROBABILITY, keep=keep, progress=p)))
     if sweeps and ORACLE in names:
         jobs.append((f"frontier:{ORACLE}", lambda p: oracle_frontier(
-            curves, [Price.fraction_of_budget(f) for f in PRICE_SWEEP], keep=keep)))
+            curves, [Price.fraction_of_budget(price) for price, _, _ in metastop_sweep()],
+            keep=keep)))
     if predict and predictor is not None:
         jobs.append(("prediction", lambda p: prediction_report(curves, predictor, progress=p)))
     return jobs

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ParameterError
+
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
@@ -38,10 +40,31 @@ class Prediction:
     low_confidence: bool = False
 
     def quantile(self, q: float) -> np.ndarray:
-        """Scores at quantile level ``q`` for every horizon (linear between stored levels)."""
-        levels = np.asarray(self.quantiles)
+        """Scores at quantile level ``q`` in (0, 1) for every horizon.
+
+        Linear between the stored levels; beyond the outer ones the quantile function goes
+        on with the slope of its outermost segment (the linear tails that
+        ``metastop.policies.probability_above`` assumes), so a level such as 0.99 asks for
+        more than the 0.9 quantile instead of being clamped to it.
+
+        Example:
+            >>> p = Prediction("c", 1.0, np.array([2.0]), (0.1, 0.5, 0.9), np.array([[0.1, 0.2, 0.6]]))
+            >>> [round(float(p.quantile(q)[0]), 3) for q in (0.05, 0.7, 0.9, 0.99)]
+            [0.088, 0.4, 0.6, 0.69]
+        """
+        if not 0.0 < q < 1.0:
+            raise ParameterError(f"quantile level q must be in (0, 1), got q={q!r}")
         if q in self.quantiles:
             return self.scores[:, self.quantiles.index(q)]
+        levels = np.asarray(self.quantiles, dtype=np.float64)
+        if len(levels) == 1:
+            return self.scores[:, 0].copy()
+        if q < levels[0]:
+            slope = (self.scores[:, 1] - self.scores[:, 0]) / (levels[1] - levels[0])
+            return self.scores[:, 0] - (levels[0] - q) * slope
+        if q > levels[-1]:
+            slope = (self.scores[:, -1] - self.scores[:, -2]) / (levels[-1] - levels[-2])
+            return self.scores[:, -1] + (q - levels[-1]) * slope
         return np.array([np.interp(q, levels, row) for row in self.scores])
 
     @property

@@ -8,6 +8,20 @@ and fraction: MAE in the metric's units for metastop (the median) and for the ba
 = lowest rmse), and the coverage of metastop's 80% interval. Then latency: one curve
 (features + all quantiles + 8 horizons) p50/p99 over 1000 calls, and batch throughput.
 
+Baselines are clipped to the metric's range, so that a parametric fit extrapolated to the
+budget cannot blow up the MAE: for a bounded metric (``metastop.curves.is_bounded_metric``:
+accuracy, EM, F1) the predicted final value is clipped to [0, 1] (to [0, 100] for a curve
+logged on 0-100, i.e. with an observed value above 1); for any other metric it is clipped to
+>= 0 when every observed value is >= 0 (losses, perplexities). metastop itself is not clipped.
+
+Two hindsight references say how far the MAE targets are from what any predictor could
+reach. ``floor`` (``noise_floor_ratio``) is the noise-floor MAE, sqrt(2/pi) * mean sigma, where
+sigma is each held-out curve's evaluation noise estimated robustly from the second
+differences of its second half: even a predictor that knew the noise-free final value would
+make this error, divided by the best baseline's MAE. ``hind3`` (``hindsight_mean3_ratio``) is
+the same ratio for predicting the final value by the mean of the three points before it, an
+assumption-free reference that knows almost the whole future.
+
 By default the shipped model is evaluated: ``scripts/train_default.py`` trains it on the
 train split only, and its manifest must say so (``n_curves_in_holdout == 0``); a model that
 saw held-out curves is refused.
@@ -28,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from metastop.backtest import seen_at
-from metastop.curves import Curve, CurveSet
+from metastop.curves import Curve, CurveSet, is_bounded_metric
 from metastop.fits import FAMILY_NAMES, fit_families
+from metastop.paths import shared_data_dir
 from metastop.predictor import Predictor
 from metastop.splits import RULE, split_holdout
-from metastop.paths import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir()
@@ -45,10 +59,29 @@ CORPORA = {
 }
 FRACTIONS = (0.1, 0.25, 0.5)
 BASELINES = ("last", "best", *FAMILY_NAMES, "best_of_fits")
+MAD_TO_STD = 1.4826  # a Gaussian's std over its median absolute deviation
+MIN_NOISE_POINTS = 6  # fewer points give no noise estimate
+
+
+def metric_bounds(prefixes: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """Per prefix, the (low, high) range of its metric's values, from what was observed.
+
+    A bounded metric (accuracy, EM, F1) lies in [0, 1], or [0, 100] when a value above 1
+    shows it was logged on 0-100; another metric is >= 0 when all its observed values are.
+    """
+    low = np.full(len(prefixes), -np.inf)
+    high = np.full(len(prefixes), np.inf)
+    for i, c in enumerate(prefixes):
+        if c.metric is not None and is_bounded_metric(c.metric):
+            low[i], high[i] = 0.0, (1.0 if c.values.max() <= 1.0 else 100.0)
+        elif c.values.min() >= 0:
+            low[i] = 0.0
+    return low, high
 
 
 def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
-    """Each baseline's predicted final value (metric units) for every prefix."""
+    """Each baseline's predicted final value (metric units) for every prefix, clipped to the
+    metric's range (``metric_bounds``)."""
     width = max(len(c) for c in prefixes)
     x = np.ones((len(prefixes), width))
     y = np.zeros((len(prefixes), width))
@@ -65,7 +98,53 @@ def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
     scores["last"] = np.array([c.scores[-1] for c in prefixes])
     scores["best"] = np.array([c.scores.max() for c in prefixes])
     sign = np.array([c.sign for c in prefixes])
-    return {name: scores[name] * sign for name in BASELINES}
+    low, high = metric_bounds(prefixes)
+    return {name: np.clip(scores[name] * sign, low, high) for name in BASELINES}
+
+
+def noise_sigma(curve: Curve) -> float:
+    """Robust i.i.d. evaluation-noise std of a whole curve, in metric units (hindsight).
+
+    1.4826 * median |second differences over the curve's second half| / sqrt(6): second
+    differences remove a smooth trend, and for i.i.d. Gaussian noise they have std
+    sqrt(6) sigma. ``nan`` for curves with fewer than ``MIN_NOISE_POINTS`` points.
+    """
+    if len(curve) < MIN_NOISE_POINTS:
+        return np.nan
+    second = np.diff(curve.values[len(curve) // 2:], n=2)
+    return MAD_TO_STD * float(np.median(np.abs(second))) / np.sqrt(6.0)
+
+
+def hindsight_mean3(curve: Curve) -> float:
+    """The mean of the three values before the final one (``nan`` below four points)."""
+    return float(np.mean(curve.values[-4:-1])) if len(curve) >= 4 else np.nan
+
+
+def hindsight_references(curves: list[Curve], truth: np.ndarray, best_mae: float) -> dict:
+    """Noise-floor and mean-of-3 hindsight MAEs of the final value, and their ratios to the
+    best baseline's MAE ``best_mae``."""
+    sigma = np.array([noise_sigma(c) for c in curves])
+    mean3 = np.array([hindsight_mean3(c) for c in curves])
+    has_sigma, has_mean3 = np.isfinite(sigma), np.isfinite(mean3)
+    floor = float(np.sqrt(2 / np.pi) * sigma[has_sigma].mean()) if has_sigma.any() else np.nan
+    hind3 = float(np.abs(mean3 - truth)[has_mean3].mean()) if has_mean3.any() else np.nan
+    scale = max(best_mae, 1e-12)
+    return {"noise_floor_mae": _finite_or_none(floor),
+            "noise_floor_ratio": _finite_or_none(floor / scale),
+            "noise_floor_n": int(has_sigma.sum()),
+            "hindsight_mean3_mae": _finite_or_none(hind3),
+            "hindsight_mean3_ratio": _finite_or_none(hind3 / scale),
+            "hindsight_mean3_n": int(has_mean3.sum())}
+
+
+def _finite_or_none(x: float) -> float | None:
+    """``x``, or ``None`` (JSON null) when it is nan: no curve had enough points."""
+    return float(x) if np.isfinite(x) else None
+
+
+def _ratio(x: float | None, width: int = 0) -> str:
+    """A ratio with two decimals, or ``-`` when it could not be measured."""
+    return f"{x:{width}.2f}" if x is not None else f"{'-':>{width}s}"
 
 
 def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
@@ -90,6 +169,7 @@ def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
         best_name = min(BASELINES, key=lambda n: row[f"{n}_mae"])
         row["best_baseline"] = best_name
         row["ratio_to_best_baseline"] = row["metastop_mae"] / max(row[f"{best_name}_mae"], 1e-12)
+        row.update(hindsight_references(list(curves), truth, row[f"{best_name}_mae"]))
         out["fractions"][str(f)] = row
     return out
 
@@ -117,13 +197,15 @@ def latency(predictor: Predictor, curves: CurveSet, calls: int) -> dict:
 def print_table(report: dict) -> None:
     names = ["metastop", "last", "best", *FAMILY_NAMES, "best_of_fits"]
     header = f"{'corpus':18s} {'f':>5s} {'n':>6s} " + " ".join(f"{n[:9]:>9s}" for n in names)
-    print(header + f" {'cov80':>6s} {'ratio':>6s}")
-    print("(MAE of the final value in metric units; ratio = metastop / best baseline)")
+    print(header + f" {'cov80':>6s} {'ratio':>6s} {'floor':>6s} {'hind3':>6s}")
+    print("(MAE of the final value in metric units; ratio = metastop / best baseline; floor ="
+          " noise-floor MAE / best baseline; hind3 = hindsight mean-of-3 MAE / best baseline)")
     for corpus, result in report["corpora"].items():
         for f, row in result["fractions"].items():
             maes = " ".join(f"{row[f'{n}_mae']:9.4f}" for n in names)
             print(f"{corpus:18s} {f:>5s} {row['n']:6d} {maes} {row['coverage_80']:6.3f} "
-                  f"{row['ratio_to_best_baseline']:6.2f}")
+                  f"{row['ratio_to_best_baseline']:6.2f} {_ratio(row['noise_floor_ratio'], 6)} "
+                  f"{_ratio(row['hindsight_mean3_ratio'], 6)}")
     lat = report["latency"]
     print(f"latency: one curve p50 {lat['one_curve_p50_ms']:.2f} ms, p99 "
           f"{lat['one_curve_p99_ms']:.2f} ms; batch {lat['batch_curves_per_s']:.0f} curves/s")
@@ -141,7 +223,9 @@ def targets(report: dict) -> list[str]:
             ok = row["ratio_to_best_baseline"] <= 0.5
             lines.append(f"{'MET ' if ok else 'MISS'} {corpus}: MAE@0.25 = "
                          f"{row['ratio_to_best_baseline']:.2f} x best baseline "
-                         f"({row['best_baseline']}), target <= 0.5")
+                         f"({row['best_baseline']}), target <= 0.5; noise floor "
+                         f"{_ratio(row['noise_floor_ratio'])} x, hindsight mean-of-3 "
+                         f"{_ratio(row['hindsight_mean3_ratio'])} x")
         covs = [r["coverage_80"] for r in result["fractions"].values()]
         ok = all(0.75 <= c <= 0.85 for c in covs)
         lines.append(f"{'MET ' if ok else 'MISS'} {corpus}: 80% coverage "

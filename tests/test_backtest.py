@@ -248,6 +248,16 @@ def test_frontier_pareto_and_dominance():
     assert f.dominates(0.2, 0.02) and not f.dominates(0.5, 0.04)
 
 
+def test_frontier_loss_is_read_off_the_lower_convex_hull():
+    """A Pareto point above the chord of its neighbours is beaten by mixing them at random."""
+    pts = [FrontierPoint({"v": v}, s, l, l, 10) for v, (s, l) in
+           enumerate([(0.1, 0.0), (0.2, 0.04), (0.3, 0.05)])]
+    f = Frontier("x", tuple(pts))
+    assert [p.params["v"] for p in f.pareto()] == [0, 1, 2]     # all three are Pareto points
+    assert f.loss_at(0.2) == pytest.approx(0.025)                # half of each neighbour
+    assert f.dominates(0.2, 0.03) and not f.dominates(0.2, 0.02)
+
+
 # --- paired comparison ---------------------------------------------------------------------
 def test_compare_is_paired_and_reproducible_with_seed():
     rng = np.random.default_rng(0)
@@ -358,7 +368,7 @@ def test_caching_predictor_asks_once_per_prefix():
 
 
 def test_run_suite_json_and_utility():
-    from metastop.backtest import STANDARD_POLICIES, run_suite
+    from metastop.backtest import STANDARD_POLICIES, metastop_sweep, run_suite
 
     rng = np.random.default_rng(1)
     curves = [Curve(f"r{i}", tokens=np.arange(1, 21) * 1e6,
@@ -370,7 +380,12 @@ def test_run_suite_json_and_utility():
     assert contract_problems(data) == []
     assert [p["name"] for p in data["policies"]] == list(STANDARD_POLICIES)
     assert set(data["frontier"]) == {"metastop", "patience", "improvement-probability", "oracle"}
-    assert len(data["frontier"]["patience"]) == 9 and len(data["frontier"]["metastop"]) == 13
+    assert len(data["frontier"]["patience"]) == 9 and len(data["frontier"]["metastop"]) == 21
+    swept = [(p["params"]["price"]["amount"], p["params"]["risk"], p["params"]["min_fraction"])
+             for p in data["frontier"]["metastop"]]
+    assert swept == metastop_sweep() and swept[0] == (0.0005, 0.9, 0.02)
+    oracle_prices = [p["params"]["price"]["amount"] for p in data["frontier"]["oracle"]]
+    assert oracle_prices == [price for price, _, _ in swept]
     utility = data["utility"]["policies"]
     assert utility["oracle"]["share_of_oracle_gain"] == pytest.approx(1.0)
     for name in STANDARD_POLICIES:

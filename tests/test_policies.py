@@ -145,6 +145,15 @@ def test_cost_aware_judges_by_the_risk_quantile():
     assert not CostAware(predictor, price=price, risk=0.9).decide(curve).stop
 
 
+def test_cost_aware_risk_beyond_the_top_quantile_is_more_cautious():
+    """risk 0.99 extrapolates past the stored 0.9 quantile instead of being clamped to it."""
+    curve = curve_of([0.5] * 5)  # flat: the gain is all spread, 5 pt at the budget
+    predictor = LinearPredictor(spread=0.05)
+    price = Price.tokens(90)  # worth / cost = 0.9 at q0.9, 0.9 * (1 + 0.09 / 0.4) at q0.99
+    assert CostAware(predictor, price=price, risk=0.9).decide(curve).stop
+    assert not CostAware(predictor, price=price, risk=0.99).decide(curve).stop
+
+
 def test_cost_aware_fraction_of_budget_price_scales_with_budget():
     values = [0.496, 0.50]
     small = Curve("c", [400.0, 500.0], values, budget=1000.0)

@@ -30,6 +30,12 @@ def test_bench_predictor_writes_metrics_and_latency(tmp_path):
     run("scripts/bench_predictor.py", "--max-curves", "40", "--calls", "50", "--json", str(out))
     data = json.loads(out.read_text())
     assert data["latency"]["one_curve_p99_ms"] > 0
+    rows = [row for result in data["corpora"].values() for row in result["fractions"].values()]
+    new_keys = ("noise_floor_mae", "noise_floor_ratio", "noise_floor_n", "hindsight_mean3_mae",
+                "hindsight_mean3_ratio")
+    assert all(key in row for row in rows for key in new_keys)
+    assert any(row["noise_floor_mae"] is not None and 0 < row["noise_floor_mae"] < float("inf")
+               for row in rows)
 
 
 def test_bench_runtime_writes_observe_latency(tmp_path):
@@ -49,3 +55,8 @@ def test_bench_stopping_writes_the_backtest_contract(tmp_path):
     run("scripts/bench_stopping.py", "--corpus", "lcdb", "--limit", "30", "--out", str(out))
     data = json.loads(out.read_text())
     assert contract_problems(data["corpora"]["lcdb"]) == []
+    lcdb = data["corpora"]["lcdb"]
+    bound = lcdb["hindsight_bound"]["oracle"]  # within the loss targets, at most the oracle's best
+    assert bound["em_loss_mean"] <= 0.005 and bound["em_loss_p95"] <= 0.02
+    assert 0 < bound["token_savings_mean"] <= max(p["token_savings_mean"] for p in lcdb["frontier"]["oracle"])
+    assert lcdb["targets"]["hindsight_savings_at_loss_targets"] == bound["token_savings_mean"]
