@@ -6,9 +6,10 @@ relative to its best so far and divided by its scale. Training rows are prefixes
 two points) of finished curves crossed with their later observed points. Intervals are
 calibrated by split-conformal quantile regression (CQR; Romano, Patterson and Candes 2019,
 "Conformalized quantile regression", NeurIPS) on a calibration fold of whole groups (run,
-else task, else curve), with conformity scores normalised by the predicted width, per cell
-of observed budget fraction x kind (accuracy-like or loss-like), so the 80% interval covers
-about 80% of truths on unseen runs. A curve with fewer than two points is predicted
+else task, else curve): each side of an interval gets its own correction (the asymmetric
+CQR of that paper), with conformity scores normalised by the predicted width, per cell of
+observed budget fraction x kind (accuracy-like or loss-like) x horizon (the budget's end or
+before it), so the 80% interval covers about 80% of truths on unseen runs. A curve with fewer than two points is predicted
 from the population prior (empirical quantiles of the relative final gain), flagged
 ``low_confidence``. Curves whose scores are all negative (positive losses) get predictions
 capped at a loss of 0.
@@ -81,12 +82,18 @@ def _kind(score: np.ndarray) -> np.ndarray:
     return np.where(score < 0, 1, np.where(score < _PRIOR_FLOOR, 2, 0))
 
 
-N_CELLS = 2 * (len(BUCKET_EDGES) + 1)
+N_CELLS = 4 * (len(BUCKET_EDGES) + 1)
+_AT_END = 1.0 - 1e-9
+"""Horizons at or past this fraction of the budget are the budget's end."""
 
 
-def _cell(fraction: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """Calibration cell of a row: observed-fraction bucket x (loss-like or not)."""
-    return _bucket(fraction) + (len(BUCKET_EDGES) + 1) * (_kind(best) == 1)
+def _cell(fraction: np.ndarray, best: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+    """Calibration cell of a row: observed-fraction bucket x (loss-like or not) x (horizon at
+    the budget's end or before it: the final value is what most decisions turn on, and the
+    longest look ahead)."""
+    n_buckets = len(BUCKET_EDGES) + 1
+    return (_bucket(fraction) + n_buckets * (_kind(best) == 1)
+            + 2 * n_buckets * (np.asarray(horizon) >= _AT_END))
 
 
 def _sha256(data: bytes) -> str:
@@ -102,6 +109,7 @@ class _Rows:
     weight: np.ndarray
     group: np.ndarray
     fraction: np.ndarray
+    horizon: np.ndarray
     best: np.ndarray
     is_final: np.ndarray
 
@@ -226,7 +234,7 @@ class Predictor:
         self.boosters_ = [train(self.booster_params(q), rows.X[fit_part], rows.y[fit_part],
                                 rows.weight[fit_part]) for q in self.quantiles]
         raw = self._raw_predict(rows.X[~fit_part])
-        cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part])
+        cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part], rows.horizon[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
         self.prior_ = _prior(usable, self.quantiles, target=self.target)
         self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
@@ -268,8 +276,8 @@ class Predictor:
         return np.stack([b.predict(X, num_threads=threads) for b in self.boosters_], axis=1)
 
     def _calibrated(self, raw: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        """Sort the quantiles, then widen each symmetric pair by its conformal factor
-        (per calibration cell, see ``_cell``) times the pair's predicted width."""
+        """Sort the quantiles, then move each side of each symmetric pair out by its conformal
+        factor (per calibration cell, see ``_cell``) times the pair's predicted width."""
         return _apply_conformal(np.sort(raw, axis=1),
                                 np.asarray(self.calibration_["factors"])[cell])
 
@@ -328,7 +336,8 @@ class Predictor:
             xh[i, :len(h)] = h / batch.budget[i]
         valid = np.isfinite(xh)
         X = feature_matrix(batch, xh)[valid]
-        cell = np.repeat(_cell(batch.x_last, batch.best), valid.sum(axis=1))
+        counts = valid.sum(axis=1)
+        cell = _cell(np.repeat(batch.x_last, counts), np.repeat(batch.best, counts), xh[valid])
         rel = self._calibrated(self._raw_predict(X), cell)
         row = np.repeat(np.arange(len(curves)), valid.sum(axis=1))
         scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
@@ -501,7 +510,7 @@ def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons:
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
     group = rep(calibration[np.asarray(owners)].astype(int))
     return (X.astype(np.float32), y, rep(weights[np.asarray(owners)] / counts), group,
-            rep(batch.x_last),
+            rep(batch.x_last), xh[valid],
             rep(batch.best), final[valid])
 
 
@@ -514,47 +523,55 @@ def _pair_widths(q: np.ndarray) -> np.ndarray:
 
 
 def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Widen pair ``i`` by ``factors[:, i] * width`` on each side (narrow if negative)."""
+    """Move the low side of pair ``i`` down by ``factors[:, i, 0] * width`` and its high side
+    up by ``factors[:, i, 1] * width`` (inwards where a factor is negative)."""
     n_q = q.shape[1]
-    delta = factors * _pair_widths(q)
+    width = _pair_widths(q)
     out = q.copy()
-    out[:, :n_q // 2] -= delta
-    out[:, n_q - 1 - np.arange(n_q // 2)] += delta
+    out[:, :n_q // 2] -= factors[:, :, 0] * width
+    out[:, n_q - 1 - np.arange(n_q // 2)] += factors[:, :, 1] * width
     return np.sort(out, axis=1)
 
 
 def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
                        quantiles: Sequence[float]) -> dict[str, Any]:
-    """Width-normalised CQR factors per calibration cell and quantile pair.
+    """Width-normalised asymmetric CQR factors per calibration cell, quantile pair and side.
 
-    For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo`` the conformity score of a
-    calibration row is ``max(lo - y, y - hi) / (hi - lo + s)`` (CQR with scores normalised
-    by the predicted width plus a stabilizer ``s``, so wide and narrow intervals are
-    corrected in proportion and zero-width ones still by an absolute amount); its
-    ``ceil((n + 1) c) / n`` empirical quantile is the factor. Cells with fewer than 50 rows
-    use the rows of their observed-fraction bucket, then all rows.
+    For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo``, each side may miss
+    ``(1 - c) / 2`` of the truths. The low side's conformity score of a calibration row is
+    ``(lo - y) / (hi - lo + s)``, the high side's ``(y - hi) / (hi - lo + s)`` (normalised by
+    the predicted width plus a stabilizer ``s``, so wide and narrow intervals are corrected
+    in proportion and zero-width ones still by an absolute amount); each side's factor is
+    the ``ceil((n + 1)(1 - (1 - c) / 2)) / n`` empirical quantile of its scores. Calibrating
+    the sides apart lets a model that is too pessimistic on one side and too optimistic on
+    the other be corrected on both. Cells with fewer than 50 rows use the rows of their
+    observed-fraction bucket, then all rows.
     """
     n_q = len(quantiles)
     raw = np.sort(raw, axis=1)
     widths = _pair_widths(raw)
     n_buckets = len(BUCKET_EDGES) + 1
-    factors = np.zeros((N_CELLS, n_q // 2))
+    factors = np.zeros((N_CELLS, n_q // 2, 2))
     for b in range(N_CELLS):
         rows = cells == b
         if rows.sum() < 50:
             rows = cells % n_buckets == b % n_buckets
         if rows.sum() < 50:
             rows = np.ones_like(cells, dtype=bool)
+        n = int(rows.sum())
         for lo in range(n_q // 2):
             hi = n_q - 1 - lo
-            score = np.maximum(raw[rows, lo] - y[rows], y[rows] - raw[rows, hi]) / widths[rows, lo]
-            nominal = quantiles[hi] - quantiles[lo]
-            level = min(1.0, np.ceil((len(score) + 1) * nominal) / len(score))
-            factors[b, lo] = float(np.quantile(score, level, method="higher"))
+            level = min(1.0, np.ceil((n + 1) * (1 - (1 - (quantiles[hi] - quantiles[lo])) / 2)) / n)
+            for side, score in enumerate((raw[rows, lo] - y[rows], y[rows] - raw[rows, hi])):
+                factors[b, lo, side] = float(np.quantile(score / widths[rows, lo], level,
+                                                         method="higher"))
     return {"bucket_edges": list(BUCKET_EDGES), "factors": factors.tolist(),
-            "cells": "observed-fraction bucket + n_buckets * (best score < 0)",
-            "method": "split-conformal CQR (Romano et al. 2019), scores normalised by the "
-                      "predicted interval width, per cell"}
+            "cells": "observed-fraction bucket + n_buckets * (best score < 0) + 2 * n_buckets * "
+                     "(horizon at the budget's end)",
+            "layout": "factors[cell][pair][side], side 0 low, 1 high",
+            "method": "split-conformal CQR (Romano et al. 2019), asymmetric (each side "
+                      "calibrated apart), scores normalised by the predicted interval width, "
+                      "per cell"}
 
 
 def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "value") -> dict[str, Any]:
@@ -586,7 +603,8 @@ def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "va
 
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
                          part: np.ndarray) -> dict[str, Any]:
-    cal = predictor._calibrated(raw, _cell(rows.fraction[part], rows.best[part]))
+    cal = predictor._calibrated(raw, _cell(rows.fraction[part], rows.best[part],
+                                           rows.horizon[part]))
     y = rows.y[part]
     inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
     inside = (cal[:, 0] <= y) & (y <= cal[:, -1])
@@ -629,7 +647,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 def _check_layout(manifest: dict[str, Any], path: Path) -> None:
     """The calibration and prior tables must have the shapes this metastop indexes."""
     n_pairs = len(manifest["quantiles"]) // 2
-    expected = {"calibration": (list(BUCKET_EDGES), "factors", (N_CELLS, n_pairs)),
+    expected = {"calibration": (list(BUCKET_EDGES), "factors", (N_CELLS, n_pairs, 2)),
                 "prior": (list(PRIOR_EDGES), "gain_quantiles",
                           (N_KINDS, len(PRIOR_EDGES) + 1, len(manifest["quantiles"])))}
     for key, (edges, table, shape) in expected.items():

@@ -5,7 +5,10 @@ LCDB), never seen in training, are cut at observed budget fractions 0.1, 0.25 an
 points with ``tokens <= f * budget``) and the final value is predicted. Reported per corpus
 and fraction: MAE in the metric's units for metastop (the median) and for the baselines
 (last value, best so far, each parametric family fitted by ``metastop.fits``, best-of-fits
-= lowest rmse), and the coverage of metastop's 80% interval. Then latency: one curve
+= lowest rmse), and the coverage of metastop's 80% interval (``coverage_80_model_only``
+leaves out the low-confidence prior predictions of prefixes with fewer than two points).
+Each corpus's ``coverage_80`` pools its three fractions, like ``coverage_80`` in the
+backtest JSON of DESIGN.md; the target applies to it. Then latency: one curve
 (features + all quantiles + 8 horizons) p50/p99 over 1000 calls, and batch throughput.
 
 Baselines are clipped to the metric's range, so that a parametric fit extrapolated to the
@@ -161,9 +164,13 @@ def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
         final_scores = np.array([c.scores[-1] for c in curves])
         low = np.array([p.low[-1] for p in preds])
         high = np.array([p.high[-1] for p in preds])
+        inside = (low <= final_scores) & (final_scores <= high)
+        prior = np.array([p.low_confidence for p in preds])
         row = {"n": len(pairs), "metastop_mae": float(np.mean(np.abs(median - truth))),
-               "coverage_80": float(np.mean((low <= final_scores) & (final_scores <= high))),
-               "low_confidence_share": float(np.mean([p.low_confidence for p in preds]))}
+               "coverage_80": float(np.mean(inside)),
+               "coverage_80_model_only": float(np.mean(inside[~prior])) if (~prior).any() else None,
+               "n_inside": int(inside.sum()),
+               "low_confidence_share": float(np.mean(prior))}
         for name, values in baseline_finals(list(prefixes)).items():
             row[f"{name}_mae"] = float(np.mean(np.abs(values - truth)))
         best_name = min(BASELINES, key=lambda n: row[f"{n}_mae"])
@@ -171,6 +178,8 @@ def evaluate_corpus(predictor: Predictor, test: CurveSet) -> dict:
         row["ratio_to_best_baseline"] = row["metastop_mae"] / max(row[f"{best_name}_mae"], 1e-12)
         row.update(hindsight_references(list(curves), truth, row[f"{best_name}_mae"]))
         out["fractions"][str(f)] = row
+    rows = out["fractions"].values()
+    out["coverage_80"] = sum(r["n_inside"] for r in rows) / max(1, sum(r["n"] for r in rows))
     return out
 
 
@@ -227,9 +236,10 @@ def targets(report: dict) -> list[str]:
                          f"{_ratio(row['noise_floor_ratio'])} x, hindsight mean-of-3 "
                          f"{_ratio(row['hindsight_mean3_ratio'])} x")
         covs = [r["coverage_80"] for r in result["fractions"].values()]
-        ok = all(0.75 <= c <= 0.85 for c in covs)
+        ok = 0.75 <= result["coverage_80"] <= 0.85
         lines.append(f"{'MET ' if ok else 'MISS'} {corpus}: 80% coverage "
-                     f"{', '.join(f'{c:.3f}' for c in covs)} at f={list(result['fractions'])}, "
+                     f"{result['coverage_80']:.3f} over all its predictions (by fraction "
+                     f"{', '.join(f'{c:.3f}' for c in covs)} at f={list(result['fractions'])}), "
                      f"target in [0.75, 0.85]")
     lat = report["latency"]
     lines.append(f"{'MET ' if lat['one_curve_p99_ms'] <= 5 else 'MISS'} one-curve p99 "
