@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .curves import Curve, CurveSet, atomic_path
+from .curves import Curve, CurveSet, atomic_path, metric_floor
 from .errors import ModelError, NotFittedError, ParameterError
 from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
                        relative_target)
@@ -340,8 +340,9 @@ class Predictor:
         cell = _cell(np.repeat(batch.x_last, counts), np.repeat(batch.best, counts), xh[valid])
         rel = self._calibrated(self._raw_predict(X), cell)
         row = np.repeat(np.arange(len(curves)), valid.sum(axis=1))
+        floors = np.array([metric_floor(c.metric) for c in curves])
         scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
-                             batch.best[row, None])
+                             batch.best[row, None], floors[row, None])
         starts = np.r_[0, np.cumsum(valid.sum(axis=1))]
         return [Prediction(c.curve_id, c.last_tokens, h, tuple(self.quantiles),
                            scores[starts[i]:starts[i + 1]])
@@ -357,7 +358,8 @@ class Predictor:
                  else np.ones_like(horizons))
         scores = best + max(abs(best), _PRIOR_FLOOR) * share[:, None] * gains[None, :]
         return Prediction(curve.curve_id, curve.last_tokens, horizons, tuple(self.quantiles),
-                          _cap_losses(np.sort(scores, axis=1), np.array(best)),
+                          _cap_losses(np.sort(scores, axis=1), np.array(best),
+                                      np.array(metric_floor(curve.metric))),
                           low_confidence=True)
 
     # --- save / load -----------------------------------------------------------------------
@@ -435,10 +437,12 @@ def _training_summary(curves: CurveSet, groups: list[str], calibration: np.ndarr
             "holdout_rule": HOLDOUT_RULE}
 
 
-def _cap_losses(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """Cap at 0 the predicted scores of curves whose scores are all negative: a loss seen
-    only above 0 (cross-entropy, perplexity, bits per byte) is taken never to go below it."""
-    return np.where(best < 0.0, np.minimum(scores, 0.0), scores)
+def _cap_losses(scores: np.ndarray, best: np.ndarray, floor: np.ndarray | float = 0.0) -> np.ndarray:
+    """Cap the predicted scores of curves whose scores are all negative: a loss seen only
+    above 0 (cross-entropy, bits per byte) is taken never to go below 0, a perplexity never
+    below 1 (``floor``, in metric units; ignored where the curve is already below it)."""
+    cap = np.where(best <= -floor, -floor, 0.0)
+    return np.where(best < 0.0, np.minimum(scores, cap), scores)
 
 
 def _checked_weights(sample_weight: Sequence[float] | None, n: int) -> np.ndarray:

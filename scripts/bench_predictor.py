@@ -15,7 +15,8 @@ Baselines are clipped to the metric's range, so that a parametric fit extrapolat
 budget cannot blow up the MAE: for a bounded metric (``metastop.curves.is_bounded_metric``:
 accuracy, EM, F1) the predicted final value is clipped to [0, 1] (to [0, 100] for a curve
 logged on 0-100, i.e. with an observed value above 1); for any other metric it is clipped to
->= 0 when every observed value is >= 0 (losses, perplexities). metastop itself is not clipped.
+its floor (1 for a perplexity, else 0) when every observed value is above it. metastop's
+own predictions are capped the same way by the predictor (losses >= 0, perplexities >= 1).
 
 Two hindsight references say how far the MAE targets are from what any predictor could
 reach. ``floor`` (``noise_floor_ratio``) is the noise-floor MAE, sqrt(2/pi) * mean sigma, where
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from metastop.backtest import seen_at
-from metastop.curves import Curve, CurveSet, is_bounded_metric
+from metastop.curves import Curve, CurveSet, is_bounded_metric, metric_floor
 from metastop.fits import FAMILY_NAMES, fit_families
 from metastop.paths import shared_data_dir
 from metastop.predictor import Predictor
@@ -70,15 +71,16 @@ def metric_bounds(prefixes: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
     """Per prefix, the (low, high) range of its metric's values, from what was observed.
 
     A bounded metric (accuracy, EM, F1) lies in [0, 1], or [0, 100] when a value above 1
-    shows it was logged on 0-100; another metric is >= 0 when all its observed values are.
+    shows it was logged on 0-100; another metric is >= its floor (``metric_floor``: 1 for a
+    perplexity, else 0) when all its observed values are.
     """
     low = np.full(len(prefixes), -np.inf)
     high = np.full(len(prefixes), np.inf)
     for i, c in enumerate(prefixes):
         if c.metric is not None and is_bounded_metric(c.metric):
             low[i], high[i] = 0.0, (1.0 if c.values.max() <= 1.0 else 100.0)
-        elif c.values.min() >= 0:
-            low[i] = 0.0
+        elif c.values.min() >= metric_floor(c.metric):
+            low[i] = metric_floor(c.metric)
     return low, high
 
 

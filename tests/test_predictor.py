@@ -65,10 +65,15 @@ def test_predictions_are_in_score_orientation_for_minimize_metrics(predictor):
     assert loss.to_metric(p.final_median) > 0
 
 
-def test_losses_are_never_predicted_below_zero(predictor):
-    loss = Curve("ppl", [1.0, 2.0, 3.0], [3e6, 2e3, 50.0], direction="minimize", budget=30.0)
+def test_losses_are_never_predicted_below_zero_nor_perplexities_below_one(predictor):
+    loss = Curve("loss", [1.0, 2.0, 3.0], [3e6, 2e3, 50.0], direction="minimize", budget=30.0)
+    ppl = Curve("ppl", [1.0, 2.0, 3.0], [3e6, 2e3, 50.0], direction="minimize", budget=30.0,
+                metric="word_perplexity")
     for p in (predictor.predict(loss), predictor.predict(loss.prefix(1))):
         assert np.all(p.scores <= 0.0)
+    assert predictor.predict(loss).scores.max() > -1.0  # the model does predict below 1 here
+    for p in (predictor.predict(ppl), predictor.predict(ppl.prefix(1))):
+        assert np.all(p.scores <= -1.0)
 
 
 def test_sample_weight_must_match_curves(curves):
