@@ -9,10 +9,10 @@ calibrated by split-conformal quantile regression (CQR; Romano, Patterson and Ca
 else task, else curve): each side of an interval gets its own correction (the asymmetric
 CQR of that paper), with conformity scores normalised by the predicted width, per cell of
 observed budget fraction x kind (accuracy-like or loss-like) x horizon (the budget's end or
-before it), so the 80% interval covers about 80% of truths on unseen runs. A curve with fewer than two points is predicted
-from the population prior (empirical quantiles of the relative final gain), flagged
-``low_confidence``. Curves whose scores are all negative (positive losses) get predictions
-capped at a loss of 0.
+before it), so the 80% interval covers about 80% of truths on unseen runs. A curve with
+fewer than two points is predicted from the population prior (empirical quantiles of the
+relative final gain), flagged ``low_confidence``. Curves whose scores are all negative
+(positive losses) get predictions capped at a loss of 0 (a perplexity of 1).
 
 Models are saved as LightGBM text files plus ``manifest.json`` (features, feature version,
 quantiles, calibration, prior, training data, metrics, library versions and the SHA-256 of
@@ -339,11 +339,11 @@ class Predictor:
         counts = valid.sum(axis=1)
         cell = _cell(np.repeat(batch.x_last, counts), np.repeat(batch.best, counts), xh[valid])
         rel = self._calibrated(self._raw_predict(X), cell)
-        row = np.repeat(np.arange(len(curves)), valid.sum(axis=1))
+        row = np.repeat(np.arange(len(curves)), counts)
         floors = np.array([metric_floor(c.metric) for c in curves])
         scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
                              batch.best[row, None], floors[row, None])
-        starts = np.r_[0, np.cumsum(valid.sum(axis=1))]
+        starts = np.r_[0, np.cumsum(counts)]
         return [Prediction(c.curve_id, c.last_tokens, h, tuple(self.quantiles),
                            scores[starts[i]:starts[i + 1]])
                 for i, (c, h) in enumerate(zip(curves, grid))]
