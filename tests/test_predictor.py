@@ -165,6 +165,17 @@ def test_wrong_feature_version_is_detected(saved):
         Predictor.load(saved)
 
 
+def test_calibration_table_of_an_older_layout_is_refused(saved):
+    """A model calibrated with the earlier symmetric 8-cell table must be retrained, not
+    indexed with this metastop's cells."""
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["calibration"]["factors"] = [[0.1]] * 8
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"manifest.json: incompatible calibration table .*shape "
+                                         r"\(8, 1\).*expects .*shape \(16, 1, 2\): retrain"):
+        Predictor.load(saved)
+
+
 def test_unfitted_predictor_raises(curves):
     with pytest.raises(NotFittedError, match="not fitted yet"):
         Predictor().predict(curves[0])
