@@ -803,8 +803,7 @@ def run_suite(curves: Sequence[Curve], predictor: Any, *,
     """Backtest the named policies (plus the hindsight oracle at ``price``), sweep the
     frontiers (metastop over ``metastop_sweep()``, patience over ``PATIENCE_SWEEP``,
     improvement-probability over ``PROBABILITY_SWEEP``, the oracle over the same prices as
-    metastop) and
-    measure prediction quality.
+    metastop) and measure prediction quality.
 
     Predictions are cached across policies (``CachingPredictor``), so the first model-based
     policy pays for the model and sweeps are cheap. ``price`` is a ``Price`` or the share of
