@@ -48,20 +48,15 @@ def is_bounded_metric(name: str) -> bool:
     return "exact_match" in lowered or bool(words & _BOUNDED_METRIC_WORDS)
 
 
-_PERPLEXITY_WORDS = frozenset({"ppl", "perplexity"})
-
-
 def metric_floor(name: str | None) -> float:
     """The lowest value a loss-like metric can take: 1 for a perplexity, else 0.
 
     Example:
-        >>> metric_floor("word_perplexity"), metric_floor("val_loss"), metric_floor(None)
-        (1.0, 0.0, 0.0)
+        >>> metric_floor("word_perplexity"), metric_floor("eval/ppl"), metric_floor("val_loss")
+        (1.0, 1.0, 0.0)
     """
-    if not name:
-        return 0.0
-    words = set(re.split(r"[^a-z0-9]+", name.lower()))
-    return 1.0 if words & _PERPLEXITY_WORDS or name.lower().endswith("perplexity") else 0.0
+    lowered = (name or "").lower()
+    return 1.0 if "perplexity" in lowered or "ppl" in re.split(r"[^a-z0-9]+", lowered) else 0.0
 
 
 def _as_array(values: Any, name: str, curve_id: str) -> np.ndarray:
