@@ -565,7 +565,8 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
         n = int(rows.sum())
         for lo in range(n_q // 2):
             hi = n_q - 1 - lo
-            level = min(1.0, np.ceil((n + 1) * (1 - (1 - (quantiles[hi] - quantiles[lo])) / 2)) / n)
+            miss = (1.0 - (quantiles[hi] - quantiles[lo])) / 2  # each side's share of misses
+            level = min(1.0, np.ceil((n + 1) * (1.0 - miss)) / n)
             for side, score in enumerate((raw[rows, lo] - y[rows], y[rows] - raw[rows, hi])):
                 factors[b, lo, side] = float(np.quantile(score / widths[rows, lo], level,
                                                          method="higher"))
