@@ -337,9 +337,9 @@ class Predictor:
         valid = np.isfinite(xh)
         X = feature_matrix(batch, xh)[valid]
         counts = valid.sum(axis=1)
-        cell = _cell(np.repeat(batch.x_last, counts), np.repeat(batch.best, counts), xh[valid])
-        rel = self._calibrated(self._raw_predict(X), cell)
-        row = np.repeat(np.arange(len(curves)), counts)
+        row = np.repeat(np.arange(len(curves)), counts)  # the curve of each feature row
+        rel = self._calibrated(self._raw_predict(X),
+                               _cell(batch.x_last[row], batch.best[row], xh[valid]))
         floors = np.array([metric_floor(c.metric) for c in curves])
         scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
                              batch.best[row, None], floors[row, None])
