@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -53,8 +54,11 @@ N_DEFAULT_HORIZONS = 8
 TARGETS = ("value", "best")
 BUCKET_EDGES = (0.15, 0.35, 0.65)
 """Observed-fraction buckets (edges) of the calibration cells."""
-PRIOR_EDGES = (0.15, 0.35, 0.65)
-"""First-point budget-fraction buckets of the prior."""
+PRIOR_EDGES = (1e-9, 0.15, 0.35, 0.65)
+"""First-point budget-fraction buckets of the prior; the first holds curves first evaluated at
+zero cost (at initialisation, where a language model's loss is about log(vocabulary))."""
+PRIOR_METRIC_CURVES = 50
+"""A metric with at least this many training curves gets its own prior table."""
 N_KINDS = 3
 _CALIBRATION_SALT = "metastop-calibration-v1:"
 _PRIOR_FLOOR = 0.01
@@ -352,7 +356,8 @@ class Predictor:
         best = float(curve.scores.max())
         bucket = int(_bucket(np.array([curve.tokens[0] / curve.budget if curve.budget > 0
                                         else 1.0]), PRIOR_EDGES)[0])
-        gains = np.asarray(self.prior_["gain_quantiles"])[int(_kind(best)), bucket]
+        table = self.prior_.get("by_metric", {}).get(curve.metric, self.prior_["gain_quantiles"])
+        gains = np.asarray(table)[int(_kind(best)), bucket]
         remaining = curve.budget - curve.last_tokens
         share = (np.clip((horizons - curve.last_tokens) / remaining, 0.0, 1.0) if remaining > 0
                  else np.ones_like(horizons))
@@ -528,13 +533,24 @@ def _pair_widths(q: np.ndarray) -> np.ndarray:
 
 def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Move the low side of pair ``i`` down by ``factors[:, i, 0] * width`` and its high side
-    up by ``factors[:, i, 1] * width`` (inwards where a factor is negative)."""
+    up by ``factors[:, i, 1] * width`` (inwards where a factor is negative).
+
+    Each side stays where its calibration put it. Where a side moved inwards past a quantile
+    inside the pair, that quantile is clipped into the pair: re-sorting all of them would
+    swap it out to be the bound, and widen the interval the calibration had narrowed. A pair
+    whose sides cross is swapped. Pairs are repaired from the outside in, so the result is
+    sorted.
+    """
     n_q = q.shape[1]
     width = _pair_widths(q)
     out = q.copy()
     out[:, :n_q // 2] -= factors[:, :, 0] * width
     out[:, n_q - 1 - np.arange(n_q // 2)] += factors[:, :, 1] * width
-    return np.sort(out, axis=1)
+    for lo in range(n_q // 2):
+        hi = n_q - 1 - lo
+        out[:, [lo, hi]] = np.sort(out[:, [lo, hi]], axis=1)
+        out[:, lo + 1:hi] = np.clip(out[:, lo + 1:hi], out[:, lo, None], out[:, hi, None])
+    return out
 
 
 def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
@@ -580,12 +596,16 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
 
 
 def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "value") -> dict[str, Any]:
-    """Quantiles of the relative final gain from a curve's first point, per kind and bucket.
+    """Quantiles of the relative final gain from a curve's first point, per kind and bucket,
+    for all curves and for each metric with at least ``PRIOR_METRIC_CURVES`` curves.
 
     The gain is ``(final score - first score) / max(|first score|, 0.01)``; kinds are
     ``_kind`` of the first score; buckets (``PRIOR_EDGES``) are the first point's budget
-    fraction.
-    Sparse cells (< 20 curves) fall back to the kind, then to all curves.
+    fraction. A metric's own table matters where its first point says much about its
+    last (a language model's loss starts near ``log(vocabulary)`` and falls by a similar
+    share every run), which the pooled kinds blur across metrics and scales.
+    Sparse cells (< 20 curves) fall back to the kind, then to all curves; a metric's sparse
+    cells to the pooled table's.
     """
     first = np.array([c.scores[0] for c in curves])
     final = np.array([c.scores[-1] if target == "value" else c.scores.max() for c in curves])
@@ -593,17 +613,37 @@ def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "va
     kind = _kind(first)
     bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]),
                      PRIOR_EDGES)
-    table = []
-    for k in range(N_KINDS):
-        fallback = gain[kind == k] if (kind == k).sum() >= 20 else gain
-        table.append([np.quantile(gain[(kind == k) & (bucket == b)]
-                                  if ((kind == k) & (bucket == b)).sum() >= 20 else fallback,
-                                  quantiles).tolist()
-                      for b in range(len(PRIOR_EDGES) + 1)])
-    return {"bucket_edges": list(PRIOR_EDGES), "gain_quantiles": table,
+
+    def table(mask: np.ndarray, fallback: list | None) -> list:
+        """Gain quantiles of the curves in ``mask``; sparse cells from ``fallback`` (or, without
+        one, from the kind's curves, then from all curves in ``mask``)."""
+        rows = []
+        for k in range(N_KINDS):
+            in_kind = mask & (kind == k)
+            kind_gains = gain[in_kind] if in_kind.sum() >= 20 else gain[mask]
+            row = []
+            for b in range(len(PRIOR_EDGES) + 1):
+                cell = in_kind & (bucket == b)
+                if cell.sum() >= 20:
+                    row.append(np.quantile(gain[cell], quantiles).tolist())
+                elif fallback is not None:
+                    row.append(fallback[k][b])
+                else:
+                    row.append(np.quantile(kind_gains, quantiles).tolist())
+            rows.append(row)
+        return rows
+
+    pooled = table(np.ones(len(curves), dtype=bool), None)
+    metrics = [c.metric for c in curves]
+    counts = Counter(m for m in metrics if m is not None)
+    by_metric = {name: table(np.array([m == name for m in metrics]), pooled)
+                 for name, n in sorted(counts.items()) if n >= PRIOR_METRIC_CURVES}
+    return {"bucket_edges": list(PRIOR_EDGES), "gain_quantiles": pooled, "by_metric": by_metric,
             "gain": "(final score - first score) / max(|first score|, 0.01), per kind (0: "
                     "first score >= 0.01, 1: < 0, 2: in [0, 0.01)) and first-point "
-                    "budget-fraction bucket; scaled linearly in tokens from now to the budget"}
+                    "budget-fraction bucket; scaled linearly in tokens from now to the budget; "
+                    f"by_metric: the same table for each metric with >= {PRIOR_METRIC_CURVES} "
+                    "curves (its cells with < 20 curves copy the pooled table's)"}
 
 
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
@@ -652,17 +692,31 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 def _check_layout(manifest: dict[str, Any], path: Path) -> None:
     """The calibration and prior tables must have the shapes this metastop indexes."""
     n_pairs = len(manifest["quantiles"]) // 2
+    prior_shape = (N_KINDS, len(PRIOR_EDGES) + 1, len(manifest["quantiles"]))
     expected = {"calibration": (list(BUCKET_EDGES), "factors", (N_CELLS, n_pairs, 2)),
-                "prior": (list(PRIOR_EDGES), "gain_quantiles",
-                          (N_KINDS, len(PRIOR_EDGES) + 1, len(manifest["quantiles"])))}
+                "prior": (list(PRIOR_EDGES), "gain_quantiles", prior_shape)}
     for key, (edges, table, shape) in expected.items():
         entry = manifest[key]
-        got = np.shape(entry.get(table)) if isinstance(entry, dict) else None
+        got = _shape(entry.get(table)) if isinstance(entry, dict) else None
         if not isinstance(entry, dict) or entry.get("bucket_edges") != edges or got != shape:
             raise ModelError(f"file {path}: incompatible {key} table (bucket edges "
                              f"{entry.get('bucket_edges') if isinstance(entry, dict) else None}, "
                              f"shape {got}); this metastop expects edges {edges} and shape "
                              f"{shape}: retrain")
+    by_metric = manifest["prior"].get("by_metric", {})
+    bad = ([] if not isinstance(by_metric, dict) else
+           [name for name, table in by_metric.items() if _shape(table) != prior_shape])
+    if not isinstance(by_metric, dict) or bad:
+        raise ModelError(f"file {path}: prior.by_metric must map metric names to tables of shape "
+                         f"{prior_shape}; wrong: {bad or type(by_metric).__name__}: retrain")
+
+
+def _shape(table: Any) -> tuple[int, ...] | None:
+    """The shape of a nested list, or None where it is ragged."""
+    try:
+        return np.shape(table)
+    except ValueError:
+        return None
 
 
 def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
 from metastop.features import FEATURE_VERSION
-from metastop.predictor import MANIFEST, Predictor, default_horizons
+from metastop.predictor import (MANIFEST, PRIOR_METRIC_CURVES, Predictor, _apply_conformal,
+                                _conformal_offsets, default_horizons)
 from metastop.prediction import Prediction
 from metastop.splits import holdout_group, is_held_out, split_holdout
 
@@ -108,6 +109,57 @@ def test_one_point_curve_gets_low_confidence_prior(predictor, curves):
     assert np.all(np.diff(p.scores, axis=1) >= 0)
 
 
+def test_narrowing_past_the_median_clips_it_and_keeps_the_calibrated_bound():
+    # width 4 + stabilizer 0.5; the low side moves up by 0.4 * 4.5 = 1.8, past the median.
+    out = _apply_conformal(np.array([[0.0, 1.0, 4.0]]), np.array([[[-0.4, 0.0]]]))
+    np.testing.assert_allclose(out, [[1.8, 1.8, 4.0]])  # re-sorting would give [1, 1.8, 4]
+
+
+def test_a_pair_whose_sides_cross_is_swapped():
+    # width 2.5: low side up by 2.5 to 2.5, high side down by 1.0 to 1.0.
+    out = _apply_conformal(np.array([[0.0, 1.0, 2.0]]), np.array([[[-1.0, -0.4]]]))
+    np.testing.assert_allclose(out, [[1.0, 1.0, 2.5]])
+
+
+def test_asymmetric_conformal_misses_about_its_share_on_each_side():
+    """Raw quantiles far too low and too wide: the low side must move up past the median.
+    After calibration each side misses about 10% of the calibration truths."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(2.0, 0.5, size=4000)
+    raw = np.tile([-3.0, 0.0, 3.0], (len(y), 1))
+    cells = np.zeros(len(y), dtype=int)
+    factors = np.asarray(_conformal_offsets(raw, y, cells, (0.1, 0.5, 0.9))["factors"])
+    out = _apply_conformal(raw, factors[cells])
+    assert abs(np.mean(y < out[:, 0]) - 0.1) < 0.01
+    assert abs(np.mean(y > out[:, 2]) - 0.1) < 0.01
+    assert np.all(out[:, 1] >= out[:, 0])  # the median was moved into the interval
+
+
+def test_metric_with_enough_curves_gets_its_own_prior(curves):
+    """Language-model losses start near log(vocabulary) at step 0: a one-point curve of a
+    metric with enough curves gets a narrow prior around where that metric ends (3.3), one of
+    a metric with too few curves the prior pooled over both (3.3 or 6)."""
+    rng = np.random.default_rng(1)
+    tokens = np.linspace(0.0, 1e9, 8)
+
+    def lm_losses(metric: str, n: int, final: float) -> list[Curve]:
+        return [Curve(f"{metric}/{i}", tokens,
+                      final + (10.8 - final) * np.exp(-tokens / 1e8) + rng.normal(0, 0.01, 8),
+                      direction="minimize", metric=metric, run_id=f"{metric}/{i}")
+                for i in range(n)]
+
+    own_metric = lm_losses("val_loss", PRIOR_METRIC_CURVES, 3.3)
+    few = lm_losses("train_loss", PRIOR_METRIC_CURVES - 20, 6.0)
+    predictor = Predictor(n_estimators=5, num_leaves=7).fit(list(curves) + own_metric + few)
+    assert set(predictor.prior_["by_metric"]) & {"val_loss", "train_loss"} == {"val_loss"}
+    own = predictor.predict_final(own_metric[0].prefix(1))
+    assert own.low_confidence
+    assert own.scores[0] == pytest.approx([-3.3, -3.3, -3.3], abs=0.05)
+    pooled = predictor.predict_final(few[0].prefix(1))
+    assert pooled.scores[0, 0] == pytest.approx(-6.0, abs=0.1)
+    assert pooled.scores[0, 2] == pytest.approx(-3.3, abs=0.1)
+
+
 def test_calibrated_interval_covers_calibration_rows(predictor):
     metrics = predictor.metrics_
     assert 0.7 <= metrics["coverage_outer_calibrated"] <= 0.9
@@ -173,6 +225,15 @@ def test_calibration_table_of_an_older_layout_is_refused(saved):
     (saved / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"manifest.json: incompatible calibration table .*shape "
                                          r"\(8, 1\).*expects .*shape \(16, 1, 2\): retrain"):
+        Predictor.load(saved)
+
+
+def test_prior_table_of_a_wrong_shape_is_refused(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["prior"]["by_metric"] = {"acc": [[0.1, 0.2], [0.3]]}
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"manifest.json: prior.by_metric must map metric names "
+                                         r"to tables of shape \(3, 5, 3\); wrong: \['acc'\]"):
         Predictor.load(saved)
 
 
