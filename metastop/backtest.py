@@ -656,17 +656,17 @@ def _predict_batch(predictor: Any, curves: list[Curve], horizons: list[Any]) -> 
     return list(many(curves, horizons=horizons))
 
 
-def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: float | None = None) -> Policy:
+def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: float | None = None,
+                min_fraction: float | None = None) -> Policy:
     """A policy by its report name: ``metastop`` (CostAware at the shipped defaults, or at
-    ``price`` / ``risk``), ``metastop-confirmed-N`` (the same, stopping only after N stop
-    verdicts in a row), ``patience-N``, ``improvement-probability``.
+    ``price`` / ``risk`` / ``min_fraction``), ``metastop-confirmed-N`` (the same, stopping
+    only after N stop verdicts in a row), ``patience-N``, ``improvement-probability``.
 
     Example:
         >>> make_policy("patience-5").params["patience"]
         5
     """
     from . import policies
-    from .runtime import DEFAULT_PRICE, DEFAULT_RISK
 
     if name.startswith("patience-"):
         patience = name.removeprefix("patience-")
@@ -674,13 +674,14 @@ def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: fl
             raise ParameterError(f"policy {name!r}: patience must be a whole number, e.g. patience-5")
         return policies.Patience(int(patience))
     if name == METASTOP:
-        return policies.CostAware(predictor, price=price if price is not None else DEFAULT_PRICE,
-                                  risk=risk if risk is not None else DEFAULT_RISK)
+        given = {"price": price, "risk": risk, "min_fraction": min_fraction}
+        return policies.CostAware(predictor, **{k: v for k, v in given.items() if v is not None})
     if name.startswith(f"{METASTOP}-confirmed-"):
         n = name.removeprefix(f"{METASTOP}-confirmed-")
         if not n.isdigit():
             raise ParameterError(f"policy {name!r}: N must be a whole number, e.g. metastop-confirmed-2")
-        return policies.Confirmed(make_policy(METASTOP, predictor, price=price, risk=risk), n=int(n))
+        return policies.Confirmed(make_policy(METASTOP, predictor, price=price, risk=risk,
+                                              min_fraction=min_fraction), n=int(n))
     if name == IMPROVEMENT_PROBABILITY:
         return policies.ImprovementProbability(predictor)
     raise ParameterError(f"unknown policy {name!r}; known: {list(STANDARD_POLICIES)}, "
@@ -694,14 +695,6 @@ def metastop_sweep() -> list[tuple[float, float, float]]:
 
     standard = [(price, DEFAULT_RISK, DEFAULT_MIN_FRACTION) for price in PRICE_SWEEP]
     return sorted(standard + list(FRONTIER_ENDS))
-
-
-def _cost_aware(predictor: Any, price: float, risk: float, min_fraction: float) -> Policy:
-    from .policies import CostAware
-    from .prices import Price
-
-    return CostAware(predictor, price=Price.fraction_of_budget(price), risk=risk,
-                     min_fraction=min_fraction)
 
 
 def as_price(price: Any) -> Any:
@@ -841,9 +834,13 @@ def _suite_jobs(curves: list[Curve], predictor: Any, names: Sequence[str], price
         jobs.append((f"policy:{name}", lambda p, pol=policy, n=name:
                      backtest(curves, pol, keep=keep, name=n, progress=p)))
     if sweeps and METASTOP in names:
+        def metastop_at(setting: tuple[float, float, float]) -> Policy:
+            price, risk, min_fraction = setting
+            return make_policy(METASTOP, predictor, price=as_price(price), risk=risk,
+                               min_fraction=min_fraction)
+
         jobs.append((f"frontier:{METASTOP}", lambda p: frontier(
-            curves, lambda setting: _cost_aware(predictor, *setting), metastop_sweep(),
-            name=METASTOP, keep=keep, progress=p)))
+            curves, metastop_at, metastop_sweep(), name=METASTOP, keep=keep, progress=p)))
     if sweeps and any(n.startswith("patience-") for n in names):
         jobs.append(("frontier:patience", lambda p: frontier(
             curves, lambda n: make_policy(f"patience-{n}"), PATIENCE_SWEEP, name="patience",
