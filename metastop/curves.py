@@ -12,6 +12,7 @@ higher is better, and ``Curve.to_metric`` maps scores back to the metric's own u
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -57,6 +58,33 @@ def metric_floor(name: str | None) -> float:
     """
     lowered = (name or "").lower()
     return 1.0 if "perplexity" in lowered or "ppl" in re.split(r"[^a-z0-9]+", lowered) else 0.0
+
+
+def metric_range(name: str | None, values: np.ndarray) -> tuple[float, float]:
+    """The range a metric can take, in metric units, judged from its name and the values seen.
+
+    A bounded metric (``is_bounded_metric``: accuracy, EM, F1) lies in [0, 1], or in
+    [0, 100] once a value above 1 shows it is logged on 0-100. Another metric is at least
+    its floor (``metric_floor``: 1 for a perplexity, else 0) when every value seen is.
+
+    Example:
+        >>> metric_range("acc", np.array([0.3, 0.5])), metric_range("eval_em", np.array([12.0]))
+        ((0.0, 1.0), (0.0, 100.0))
+        >>> metric_range("val_ppl", np.array([40.0, 9.0])), metric_range("reward", np.array([-2.0]))
+        ((1.0, inf), (-inf, inf))
+    """
+    bounded, floor = _metric_limits(name)
+    values = np.asarray(values, dtype=np.float64)
+    if bounded:
+        return 0.0, (1.0 if values.max() <= 1.0 else 100.0)
+    return (floor if values.min() >= floor else -np.inf), np.inf
+
+
+@functools.lru_cache(maxsize=4096)
+def _metric_limits(name: str | None) -> tuple[bool, float]:
+    """``(is_bounded_metric(name), metric_floor(name))``, cached: names repeat by the
+    thousand in a batch."""
+    return name is not None and is_bounded_metric(name), metric_floor(name)
 
 
 def _as_array(values: Any, name: str, curve_id: str) -> np.ndarray:
@@ -169,6 +197,12 @@ class Curve:
     def scores(self) -> np.ndarray:
         """The values oriented so that higher is always better."""
         return self.values * self.sign
+
+    def score_range(self) -> tuple[float, float]:
+        """The lowest and highest score this curve can reach: ``metric_range`` of its metric
+        and values, oriented like ``scores``."""
+        low, high = metric_range(self.metric, self.values)
+        return (low, high) if self.direction == MAXIMIZE else (-high, -low)
 
     def to_metric(self, scores: Any) -> Any:
         """Map scores (higher is better) back to the metric's own units."""

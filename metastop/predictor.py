@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .curves import Curve, CurveSet, atomic_path, metric_floor
+from .curves import Curve, CurveSet, atomic_path
 from .errors import ModelError, NotFittedError, ParameterError
 from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
                        relative_target)
@@ -344,9 +344,9 @@ class Predictor:
         row = np.repeat(np.arange(len(curves)), counts)  # the curve of each feature row
         rel = self._calibrated(self._raw_predict(X),
                                _cell(batch.x_last[row], batch.best[row], xh[valid]))
-        floors = np.array([metric_floor(c.metric) for c in curves])
-        scores = _cap_losses(batch.best[row, None] + batch.scale[row, None] * rel,
-                             batch.best[row, None], floors[row, None])
+        low, high = _score_range(curves)
+        scores = np.clip(batch.best[row, None] + batch.scale[row, None] * rel,
+                         low[row, None], high[row, None])
         starts = np.r_[0, np.cumsum(counts)]
         return [Prediction(c.curve_id, c.last_tokens, h, tuple(self.quantiles),
                            scores[starts[i]:starts[i + 1]])
@@ -363,8 +363,7 @@ class Predictor:
                  else np.ones_like(horizons))
         scores = best + max(abs(best), _PRIOR_FLOOR) * share[:, None] * gains[None, :]
         return Prediction(curve.curve_id, curve.last_tokens, horizons, tuple(self.quantiles),
-                          _cap_losses(np.sort(scores, axis=1), np.array(best),
-                                      np.array(metric_floor(curve.metric))),
+                          np.clip(np.sort(scores, axis=1), *_score_range([curve])),
                           low_confidence=True)
 
     # --- save / load -----------------------------------------------------------------------
@@ -442,12 +441,12 @@ def _training_summary(curves: CurveSet, groups: list[str], calibration: np.ndarr
             "holdout_rule": HOLDOUT_RULE}
 
 
-def _cap_losses(scores: np.ndarray, best: np.ndarray, floor: np.ndarray | float = 0.0) -> np.ndarray:
-    """Cap the predicted scores of curves whose scores are all negative: a loss seen only
-    above 0 (cross-entropy, bits per byte) is taken never to go below 0, a perplexity never
-    below 1 (``floor``, in metric units; ignored where the curve is already below it)."""
-    cap = np.where(best <= -floor, -floor, 0.0)
-    return np.where(best < 0.0, np.minimum(scores, cap), scores)
+def _score_range(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """Per curve, the lowest and highest score it can reach (``Curve.score_range``):
+    predictions never leave a metric's range, so an accuracy is never predicted above 1, a
+    loss below 0 or a perplexity below 1."""
+    low, high = np.array([c.score_range() for c in curves]).T
+    return low, high
 
 
 def _checked_weights(sample_weight: Sequence[float] | None, n: int) -> np.ndarray:

@@ -11,12 +11,11 @@ Each corpus's ``coverage_80`` pools its three fractions, like ``coverage_80`` in
 backtest JSON of DESIGN.md; the target applies to it. Then latency: one curve
 (features + all quantiles + 8 horizons) p50/p99 over 1000 calls, and batch throughput.
 
-Baselines are clipped to the metric's range, so that a parametric fit extrapolated to the
-budget cannot blow up the MAE: for a bounded metric (``metastop.curves.is_bounded_metric``:
-accuracy, EM, F1) the predicted final value is clipped to [0, 1] (to [0, 100] for a curve
-logged on 0-100, i.e. with an observed value above 1); for any other metric it is clipped to
-its floor (1 for a perplexity, else 0) when every observed value is above it. metastop's
-own predictions are capped the same way by the predictor (losses >= 0, perplexities >= 1).
+Baselines are clipped to the metric's range (``metastop.curves.metric_range``), so that a
+parametric fit extrapolated to the budget cannot blow up the MAE: a bounded metric (accuracy,
+EM, F1) to [0, 1] (to [0, 100] for a curve logged on 0-100, i.e. with an observed value above
+1), any other metric to its floor (1 for a perplexity, else 0) when every observed value is
+above it. The predictor keeps its own predictions in the same range.
 
 Two hindsight references say how far the MAE targets are from what any predictor could
 reach. ``floor`` (``noise_floor_ratio``) is the noise-floor MAE, sqrt(2/pi) * mean sigma, where
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from metastop.backtest import seen_at
-from metastop.curves import Curve, CurveSet, is_bounded_metric, metric_floor
+from metastop.curves import Curve, CurveSet, metric_range
 from metastop.fits import FAMILY_NAMES, fit_families
 from metastop.paths import shared_data_dir
 from metastop.predictor import Predictor
@@ -67,26 +66,9 @@ MAD_TO_STD = 1.4826  # a Gaussian's std over its median absolute deviation
 MIN_NOISE_POINTS = 6  # fewer points give no noise estimate
 
 
-def metric_bounds(prefixes: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
-    """Per prefix, the (low, high) range of its metric's values, from what was observed.
-
-    A bounded metric (accuracy, EM, F1) lies in [0, 1], or [0, 100] when a value above 1
-    shows it was logged on 0-100; another metric is >= its floor (``metric_floor``: 1 for a
-    perplexity, else 0) when all its observed values are.
-    """
-    low = np.full(len(prefixes), -np.inf)
-    high = np.full(len(prefixes), np.inf)
-    for i, c in enumerate(prefixes):
-        if c.metric is not None and is_bounded_metric(c.metric):
-            low[i], high[i] = 0.0, (1.0 if c.values.max() <= 1.0 else 100.0)
-        elif c.values.min() >= metric_floor(c.metric):
-            low[i] = metric_floor(c.metric)
-    return low, high
-
-
 def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
     """Each baseline's predicted final value (metric units) for every prefix, clipped to the
-    metric's range (``metric_bounds``)."""
+    metric's range (``metastop.curves.metric_range``)."""
     width = max(len(c) for c in prefixes)
     x = np.ones((len(prefixes), width))
     y = np.zeros((len(prefixes), width))
@@ -103,7 +85,7 @@ def baseline_finals(prefixes: list[Curve]) -> dict[str, np.ndarray]:
     scores["last"] = np.array([c.scores[-1] for c in prefixes])
     scores["best"] = np.array([c.scores.max() for c in prefixes])
     sign = np.array([c.sign for c in prefixes])
-    low, high = metric_bounds(prefixes)
+    low, high = np.array([metric_range(c.metric, c.values) for c in prefixes]).T
     return {name: np.clip(scores[name] * sign, low, high) for name in BASELINES}
 
 

@@ -236,3 +236,16 @@ def test_table_with_some_metric_names_missing_round_trips(tmp_path):
     path = curves.write(tmp_path / "mixed.parquet")
     back = CurveSet.read(path)
     assert back["a"].metric == "acc" and back["b"].metric is None
+
+
+@pytest.mark.parametrize("metric, direction, values, expected", [
+    ("acc", "maximize", [0.2, 0.7], (0.0, 1.0)),
+    ("eval_exact_match", "maximize", [20.0, 70.0], (0.0, 100.0)),
+    ("val_ppl", "minimize", [40.0, 9.0], (-np.inf, -1.0)),
+    ("val_loss", "minimize", [4.0, 3.3], (-np.inf, 0.0)),
+    ("val_loss", "minimize", [-1.0, -2.0], (-np.inf, np.inf)),  # below its floor: no bound
+    ("reward", "maximize", [-2.0, 5.0], (-np.inf, np.inf)),
+])
+def test_score_range_is_the_metric_range_in_score_orientation(metric, direction, values, expected):
+    curve = Curve("c", [1.0, 2.0], values, direction=direction, metric=metric)
+    assert curve.score_range() == expected

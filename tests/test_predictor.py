@@ -77,6 +77,20 @@ def test_losses_are_never_predicted_below_zero_nor_perplexities_below_one(predic
         assert np.all(p.scores <= -1.0)
 
 
+def test_bounded_metrics_are_never_predicted_beyond_their_scale(predictor):
+    """A perfect accuracy stays at most 1, an EM logged on 0-100 at most 100, at every
+    quantile and horizon, from the model and from the one-point prior alike."""
+    tokens = [1.0, 2.0, 4.0, 8.0]
+    acc = Curve("acc", tokens, [0.6, 0.9, 1.0, 1.0], budget=64.0, metric="acc")
+    em = Curve("em", tokens, [60.0, 90.0, 100.0, 100.0], budget=64.0, metric="eval_exact_match")
+    for curve, top in ((acc, 1.0), (em, 100.0)):
+        for p in (predictor.predict(curve), predictor.predict(curve.prefix(1))):
+            assert p.scores.max() <= top
+            assert p.scores.min() >= 0.0
+    unbounded = Curve("reward", tokens, [0.6, 0.9, 1.0, 1.0], budget=64.0, metric="reward")
+    assert predictor.predict(unbounded).scores.max() > 1.0  # the same shape, free to go on
+
+
 def test_sample_weight_must_match_curves(curves):
     with pytest.raises(ParameterError, match="sample_weight must hold 200"):
         Predictor(n_estimators=2).fit(curves, sample_weight=[1.0, 2.0])
