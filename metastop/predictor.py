@@ -603,39 +603,17 @@ def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "va
     fraction. A metric's own table matters where its first point says much about its
     last (a language model's loss starts near ``log(vocabulary)`` and falls by a similar
     share every run), which the pooled kinds blur across metrics and scales.
-    Sparse cells (< 20 curves) fall back to the kind, then to all curves; a metric's sparse
-    cells to the pooled table's.
     """
     first = np.array([c.scores[0] for c in curves])
     final = np.array([c.scores[-1] if target == "value" else c.scores.max() for c in curves])
     gain = (final - first) / np.maximum(np.abs(first), _PRIOR_FLOOR)
-    kind = _kind(first)
-    bucket = _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0 for c in curves]),
-                     PRIOR_EDGES)
-
-    def table(mask: np.ndarray, fallback: list | None) -> list:
-        """Gain quantiles of the curves in ``mask``; sparse cells from ``fallback`` (or, without
-        one, from the kind's curves, then from all curves in ``mask``)."""
-        rows = []
-        for k in range(N_KINDS):
-            in_kind = mask & (kind == k)
-            kind_gains = gain[in_kind] if in_kind.sum() >= 20 else gain[mask]
-            row = []
-            for b in range(len(PRIOR_EDGES) + 1):
-                cell = in_kind & (bucket == b)
-                if cell.sum() >= 20:
-                    row.append(np.quantile(gain[cell], quantiles).tolist())
-                elif fallback is not None:
-                    row.append(fallback[k][b])
-                else:
-                    row.append(np.quantile(kind_gains, quantiles).tolist())
-            rows.append(row)
-        return rows
-
-    pooled = table(np.ones(len(curves), dtype=bool), None)
+    cells = (_kind(first), _bucket(np.array([c.tokens[0] / c.budget if c.budget > 0 else 1.0
+                                             for c in curves]), PRIOR_EDGES))
+    pooled = _gain_table(gain, *cells, quantiles)
     metrics = [c.metric for c in curves]
     counts = Counter(m for m in metrics if m is not None)
-    by_metric = {name: table(np.array([m == name for m in metrics]), pooled)
+    by_metric = {name: _gain_table(gain, *cells, quantiles, fallback=pooled,
+                                   mask=np.array([m == name for m in metrics]))
                  for name, n in sorted(counts.items()) if n >= PRIOR_METRIC_CURVES}
     return {"bucket_edges": list(PRIOR_EDGES), "gain_quantiles": pooled, "by_metric": by_metric,
             "gain": "(final score - first score) / max(|first score|, 0.01), per kind (0: "
@@ -643,6 +621,32 @@ def _prior(curves: list[Curve], quantiles: Sequence[float], *, target: str = "va
                     "budget-fraction bucket; scaled linearly in tokens from now to the budget; "
                     f"by_metric: the same table for each metric with >= {PRIOR_METRIC_CURVES} "
                     "curves (its cells with < 20 curves copy the pooled table's)"}
+
+
+def _gain_table(gain: np.ndarray, kind: np.ndarray, bucket: np.ndarray,
+                quantiles: Sequence[float], *, mask: np.ndarray | None = None,
+                fallback: list | None = None) -> list:
+    """Quantiles of ``gain`` per kind x bucket over the curves in ``mask`` (default: all).
+
+    A cell with fewer than 20 curves takes ``fallback``'s cell; without a fallback, the
+    quantiles of its kind, or of every curve in ``mask`` when the kind is sparse too.
+    """
+    mask = np.ones(len(gain), dtype=bool) if mask is None else mask
+    table = []
+    for k in range(N_KINDS):
+        in_kind = mask & (kind == k)
+        kind_gains = gain[in_kind] if in_kind.sum() >= 20 else gain[mask]
+        row = []
+        for b in range(len(PRIOR_EDGES) + 1):
+            cell = in_kind & (bucket == b)
+            if cell.sum() >= 20:
+                row.append(np.quantile(gain[cell], quantiles).tolist())
+            elif fallback is not None:
+                row.append(fallback[k][b])
+            else:
+                row.append(np.quantile(kind_gains, quantiles).tolist())
+        table.append(row)
+    return table
 
 
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
