@@ -209,14 +209,32 @@ class Frontier:
         Fawcett, 2001, "Robust classification for imprecise environments"); the loss is read
         off that hull.
         """
-        front = self.pareto()
-        xs, ys = _lower_hull(np.array([p.token_savings_mean for p in front]),
-                             np.array([p.em_loss_mean for p in front]))
+        hull = self._hull()
+        xs = np.array([self.points[i].token_savings_mean for i in hull])
+        ys = np.array([self.points[i].em_loss_mean for i in hull])
         if len(xs) == 0 or savings > xs[-1] + 1e-12:
             return math.inf
         if savings <= xs[0]:
             return float(ys[0])
         return float(np.interp(savings, xs, ys))
+
+    def segment_at(self, savings: float) -> tuple[int, int] | None:
+        """Indices into ``points`` of the two hull settings whose mix reaches ``savings``
+        (the first hull setting twice below its savings); ``None`` beyond the frontier."""
+        hull = self._hull()
+        xs = np.array([self.points[i].token_savings_mean for i in hull])
+        if len(xs) == 0 or savings > xs[-1] + 1e-12:
+            return None
+        j = int(np.searchsorted(xs, savings))
+        return (hull[0], hull[0]) if j == 0 else (hull[j - 1], hull[min(j, len(hull) - 1)])
+
+    def _hull(self) -> list[int]:
+        """Indices into ``points`` of the lower convex hull of the Pareto points, by savings."""
+        front = self.pareto()
+        index = [self.points.index(p) for p in front]
+        keep = _lower_hull(np.array([p.token_savings_mean for p in front]),
+                           np.array([p.em_loss_mean for p in front]))
+        return [index[i] for i in keep]
 
     def dominates(self, savings: float, loss: float, *, tol: float = 1e-9) -> bool:
         """True when the frontier reaches at least ``savings`` with at most ``loss``."""
@@ -226,8 +244,8 @@ class Frontier:
         return [p.to_dict() for p in self.points]
 
 
-def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The lower convex hull of points sorted by ``xs`` (Andrew's monotone chain)."""
+def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of points sorted by ``xs`` (Andrew's monotone chain)."""
     hull: list[int] = []
     for i in range(len(xs)):
         while len(hull) >= 2:
@@ -237,7 +255,7 @@ def _lower_hull(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]
                 break
             hull.pop()
         hull.append(i)
-    return xs[hull], ys[hull]
+    return hull
 
 
 @dataclass(frozen=True)
@@ -474,6 +492,42 @@ def compare(a: PolicyReport, b: PolicyReport, *, n_boot: int = 2000, seed: int =
     return Comparison(a.name, b.name, len(ids_a), float(savings.mean()),
                       _interval(savings[index].mean(axis=1)), float(losses.mean()),
                       _interval(losses[index].mean(axis=1)), n_boot, seed)
+
+
+def hull_gap(front: Frontier, rival: PolicyReport, *, n_boot: int = 2000,
+             seed: int = 0) -> tuple[float, tuple[float, float]] | None:
+    """How much more mean loss ``front`` has than ``rival`` at the rival's savings, with a
+    paired percentile-bootstrap 95% interval over curves (seeded).
+
+    The frontier's loss there is that of the mix of its two hull settings around the rival's
+    savings (``Frontier.segment_at``); each resample re-solves the mix for the resampled
+    savings. A gap above 0 means the frontier loses more. ``None`` when the frontier does
+    not reach the rival's savings or holds no per-curve reports.
+
+    Example:
+        >>> hull_gap(suite.frontiers["metastop"], backtest(curves, Patience(5)))  # doctest: +SKIP
+        (0.0003, (-0.0021, 0.0027))
+    """
+    if n_boot < 1:
+        raise ParameterError(f"n_boot must be >= 1, got {n_boot=}")
+    segment = front.segment_at(rival.token_savings_mean)
+    if segment is None or not front.reports:
+        return None
+    reports = [front.reports[i] for i in segment] + [rival]
+    if len({tuple(o.curve_id for o in r.outcomes) for r in reports}) != 1:
+        raise ParameterError(f"frontier {front.name!r} and report {rival.name!r} must cover "
+                             f"the same curves in the same order")
+    savings = np.array([[o.token_savings for o in r.outcomes] for r in reports])
+    losses = np.array([[o.em_loss for o in r.outcomes] for r in reports])
+
+    def gap(rows: Any) -> np.ndarray:
+        s, loss = savings[:, rows].mean(axis=-1), losses[:, rows].mean(axis=-1)
+        span = s[1] - s[0]
+        share = np.where(span > 0, np.clip((s[2] - s[0]) / np.where(span > 0, span, 1.0), 0, 1), 0)
+        return (1 - share) * loss[0] + share * loss[1] - loss[2]
+
+    index = np.random.default_rng(seed).integers(0, savings.shape[1], size=(n_boot, savings.shape[1]))
+    return float(gap(slice(None))), _interval(gap(index))
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -762,18 +816,26 @@ class Suite:
     def dominated(self, name: str = METASTOP, baseline: str = "patience") -> list[dict[str, Any]]:
         """The points of the ``baseline`` frontier (and the ``baseline-N`` policies) that the
         ``name`` frontier does not dominate (reach at least their savings with at most their
-        mean loss, interpolating between its Pareto points)."""
+        mean loss, interpolating between its Pareto points), each with ``loss_gap_ci95``: the
+        95% interval of how much more the frontier loses there (``hull_gap``); an interval
+        holding 0 means the two cannot be told apart on these curves."""
         front = self.frontiers.get(name)
         if front is None:
             return []
-        points = [(p.params, p.token_savings_mean, p.em_loss_mean)
-                  for p in getattr(self.frontiers.get(baseline), "points", ())]
-        swept = [params for params, _, _ in points]
-        points += [(r.params, r.token_savings_mean, r.em_loss_mean) for r in self.reports
+        rivals = list(getattr(self.frontiers.get(baseline), "reports", ()))
+        swept = [r.params for r in rivals]
+        rivals += [r for r in self.reports
                    if r.name.startswith(f"{baseline}-") and r.params not in swept]
-        return [{"params": _plain(params), "token_savings_mean": _float(s), "em_loss_mean": _float(l),
-                 "metastop_loss_at_same_savings": _float(front.loss_at(s))}
-                for params, s, l in points if not front.dominates(s, l)]
+        out = []
+        for r in rivals:
+            if front.dominates(r.token_savings_mean, r.em_loss_mean):
+                continue
+            gap = hull_gap(front, r)
+            out.append({"params": _plain(r.params), "token_savings_mean": _float(r.token_savings_mean),
+                        "em_loss_mean": _float(r.em_loss_mean),
+                        "metastop_loss_at_same_savings": _float(front.loss_at(r.token_savings_mean)),
+                        "loss_gap_ci95": None if gap is None else [_float(x) for x in gap[1]]})
+        return out
 
     def to_json(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         more = {"keep": self.keep, "price": _plain(self.price), "utility": self.utility(),

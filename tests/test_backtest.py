@@ -9,8 +9,8 @@ import pytest
 
 from metastop.backtest import (
     Comparison, CurveOutcome, Frontier, FrontierPoint, PolicyReport, backtest, compare,
-    contract_problems, frontier, never_stop, oracle, oracle_stop, outcome, p95,
-    prediction_report, replay, report_json,
+    contract_problems, frontier, frontier_from_reports, hull_gap, never_stop, oracle,
+    oracle_stop, outcome, p95, prediction_report, replay, report_json,
 )
 from metastop.curves import Curve
 from metastop.decision import Decision, Reason
@@ -256,6 +256,33 @@ def test_frontier_loss_is_read_off_the_lower_convex_hull():
     assert [p.params["v"] for p in f.pareto()] == [0, 1, 2]     # all three are Pareto points
     assert f.loss_at(0.2) == pytest.approx(0.025)                # half of each neighbour
     assert f.dominates(0.2, 0.03) and not f.dominates(0.2, 0.02)
+
+
+def _report(name: str, pairs) -> PolicyReport:
+    """A report whose curve i saved ``pairs[i][0]`` of its tokens and lost ``pairs[i][1]``."""
+    return PolicyReport.from_outcomes(name, {"name": name}, [
+        CurveOutcome(f"c{i}", None, 10, 5, 1.0 - s, 0.5 - loss, 0.5)
+        for i, (s, loss) in enumerate(pairs)])
+
+
+def test_hull_gap_mixes_the_two_settings_around_the_rivals_savings():
+    """Never stopping (0, 0) and stopping early (0.8, 0.2): at the rival's savings of 0.4 the
+    half-and-half mix loses 0.1; the rival loses 0.05 on average, so the gap is 0.05."""
+    front = frontier_from_reports("m", [_report("never", [(0.0, 0.0)] * 60),
+                                        _report("early", [(0.8, 0.2)] * 60)])
+    rival = _report("rival", [(0.4, loss) for loss in np.tile([0.0, 0.05, 0.1], 20)])
+    assert front.segment_at(0.4) == (0, 1) and front.segment_at(0.9) is None
+    gap, (low, high) = hull_gap(front, rival)
+    assert gap == pytest.approx(0.05)
+    assert low < 0.05 < high and high - low < 0.03     # the rival's spread makes the interval
+    assert hull_gap(front, rival, seed=1) != hull_gap(front, rival, seed=2)
+    assert hull_gap(front, _report("far", [(0.9, 0.0)] * 60)) is None
+
+
+def test_hull_gap_refuses_reports_on_other_curves():
+    front = frontier_from_reports("m", [_report("a", [(0.0, 0.0)] * 3), _report("b", [(1.0, 0.2)] * 3)])
+    with pytest.raises(ParameterError, match="must cover the same curves"):
+        hull_gap(front, _report("r", [(0.5, 0.1)] * 4))
 
 
 # --- paired comparison ---------------------------------------------------------------------
