@@ -209,9 +209,7 @@ class Frontier:
         Fawcett, 2001, "Robust classification for imprecise environments"); the loss is read
         off that hull.
         """
-        hull = self._hull()
-        xs = np.array([self.points[i].token_savings_mean for i in hull])
-        ys = np.array([self.points[i].em_loss_mean for i in hull])
+        _, xs, ys = self._hull()
         if len(xs) == 0 or savings > xs[-1] + 1e-12:
             return math.inf
         if savings <= xs[0]:
@@ -221,20 +219,20 @@ class Frontier:
     def segment_at(self, savings: float) -> tuple[int, int] | None:
         """Indices into ``points`` of the two hull settings whose mix reaches ``savings``
         (the first hull setting twice below its savings); ``None`` beyond the frontier."""
-        hull = self._hull()
-        xs = np.array([self.points[i].token_savings_mean for i in hull])
+        hull, xs, _ = self._hull()
         if len(xs) == 0 or savings > xs[-1] + 1e-12:
             return None
         j = int(np.searchsorted(xs, savings))
         return (hull[0], hull[0]) if j == 0 else (hull[j - 1], hull[min(j, len(hull) - 1)])
 
-    def _hull(self) -> list[int]:
-        """Indices into ``points`` of the lower convex hull of the Pareto points, by savings."""
+    def _hull(self) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """The lower convex hull of the Pareto points, by savings: indices into ``points``,
+        savings and losses."""
         front = self.pareto()
-        index = [self.points.index(p) for p in front]
-        keep = _lower_hull(np.array([p.token_savings_mean for p in front]),
-                           np.array([p.em_loss_mean for p in front]))
-        return [index[i] for i in keep]
+        xs = np.array([p.token_savings_mean for p in front])
+        ys = np.array([p.em_loss_mean for p in front])
+        keep = _lower_hull(xs, ys)
+        return [self.points.index(front[i]) for i in keep], xs[keep], ys[keep]
 
     def dominates(self, savings: float, loss: float, *, tol: float = 1e-9) -> bool:
         """True when the frontier reaches at least ``savings`` with at most ``loss``."""
