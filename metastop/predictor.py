@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .curves import Curve, CurveSet, atomic_path
+from .curves import Curve, CurveSet, atomic_path, metric_floor
 from .errors import ModelError, NotFittedError, ParameterError
 from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
                        relative_target)
@@ -86,18 +86,24 @@ def _kind(score: np.ndarray) -> np.ndarray:
     return np.where(score < 0, 1, np.where(score < _PRIOR_FLOOR, 2, 0))
 
 
-N_CELLS = 4 * (len(BUCKET_EDGES) + 1)
+N_CELL_KINDS = 3
+"""Kinds of curve calibrated apart: accuracy-like, loss-like, perplexity."""
+N_CELLS = 2 * N_CELL_KINDS * (len(BUCKET_EDGES) + 1)
 _AT_END = 1.0 - 1e-9
 """Horizons at or past this fraction of the budget are the budget's end."""
 
 
-def _cell(fraction: np.ndarray, best: np.ndarray, horizon: np.ndarray) -> np.ndarray:
-    """Calibration cell of a row: observed-fraction bucket x (loss-like or not) x (horizon at
-    the budget's end or before it: the final value is what most decisions turn on, and the
-    longest look ahead)."""
+def _cell(fraction: np.ndarray, best: np.ndarray, horizon: np.ndarray,
+          perplexity: np.ndarray) -> np.ndarray:
+    """Calibration cell of a row: observed-fraction bucket x kind of curve x (horizon at the
+    budget's end or before it: the final value is what most decisions turn on, and the
+    longest look ahead). The kinds are accuracy-like, loss-like (best score < 0) and
+    perplexity (``metric_floor`` 1): a perplexity is the exponential of a loss, and its
+    errors, even relative to its scale, are of another size than a loss's."""
     n_buckets = len(BUCKET_EDGES) + 1
-    return (_bucket(fraction) + n_buckets * (_kind(best) == 1)
-            + 2 * n_buckets * (np.asarray(horizon) >= _AT_END))
+    kind = np.where(perplexity, 2, (_kind(best) == 1).astype(int))
+    return (_bucket(fraction) + n_buckets * kind
+            + N_CELL_KINDS * n_buckets * (np.asarray(horizon) >= _AT_END))
 
 
 def _sha256(data: bytes) -> str:
@@ -115,6 +121,7 @@ class _Rows:
     fraction: np.ndarray
     horizon: np.ndarray
     best: np.ndarray
+    perplexity: np.ndarray
     is_final: np.ndarray
 
 
@@ -238,7 +245,8 @@ class Predictor:
         self.boosters_ = [train(self.booster_params(q), rows.X[fit_part], rows.y[fit_part],
                                 rows.weight[fit_part]) for q in self.quantiles]
         raw = self._raw_predict(rows.X[~fit_part])
-        cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part], rows.horizon[~fit_part])
+        cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part], rows.horizon[~fit_part],
+                      rows.perplexity[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
         self.prior_ = _prior(usable, self.quantiles, target=self.target)
         self.metrics_ = _calibration_metrics(self, raw, rows, ~fit_part)
@@ -342,8 +350,9 @@ class Predictor:
         X = feature_matrix(batch, xh)[valid]
         counts = valid.sum(axis=1)
         row = np.repeat(np.arange(len(curves)), counts)  # the curve of each feature row
-        rel = self._calibrated(self._raw_predict(X),
-                               _cell(batch.x_last[row], batch.best[row], xh[valid]))
+        perplexity = np.array([_is_perplexity(c) for c in curves])
+        rel = self._calibrated(self._raw_predict(X), _cell(batch.x_last[row], batch.best[row],
+                                                           xh[valid], perplexity[row]))
         low, high = _score_range(curves)
         scores = np.clip(batch.best[row, None] + batch.scale[row, None] * rel,
                          low[row, None], high[row, None])
@@ -441,6 +450,10 @@ def _training_summary(curves: CurveSet, groups: list[str], calibration: np.ndarr
             "holdout_rule": HOLDOUT_RULE}
 
 
+def _is_perplexity(curve: Curve) -> bool:
+    return metric_floor(curve.metric) == 1.0
+
+
 def _score_range(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
     """Per curve, the lowest and highest score it can reach (``Curve.score_range``):
     predictions never leave a metric's range, so an accuracy is never predicted above 1, a
@@ -516,10 +529,11 @@ def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons:
     X = feature_matrix(batch, xh)[valid]
     rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
-    group = rep(calibration[np.asarray(owners)].astype(int))
-    return (X.astype(np.float32), y, rep(weights[np.asarray(owners)] / counts), group,
-            rep(batch.x_last), xh[valid],
-            rep(batch.best), final[valid])
+    owners = np.asarray(owners)
+    perplexity = np.array([_is_perplexity(c) for c in curves])
+    return (X.astype(np.float32), y, rep(weights[owners] / counts),
+            rep(calibration[owners].astype(int)), rep(batch.x_last), xh[valid], rep(batch.best),
+            rep(perplexity[owners]), final[valid])
 
 
 # --- calibration, prior, metrics -------------------------------------------------------------
@@ -586,8 +600,9 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
                 factors[b, lo, side] = float(np.quantile(score / widths[rows, lo], level,
                                                          method="higher"))
     return {"bucket_edges": list(BUCKET_EDGES), "factors": factors.tolist(),
-            "cells": "observed-fraction bucket + n_buckets * (best score < 0) + 2 * n_buckets * "
-                     "(horizon at the budget's end)",
+            "cells": "observed-fraction bucket + n_buckets * kind (0 accuracy-like, 1 loss-like: "
+                     "best score < 0, 2 perplexity) + 3 * n_buckets * (horizon at the budget's "
+                     "end)",
             "layout": "factors[cell][pair][side], side 0 low, 1 high",
             "method": "split-conformal CQR (Romano et al. 2019), asymmetric (each side "
                       "calibrated apart), scores normalised by the predicted interval width, "
@@ -652,7 +667,7 @@ def _gain_table(gain: np.ndarray, kind: np.ndarray, bucket: np.ndarray,
 def _calibration_metrics(predictor: Predictor, raw: np.ndarray, rows: _Rows,
                          part: np.ndarray) -> dict[str, Any]:
     cal = predictor._calibrated(raw, _cell(rows.fraction[part], rows.best[part],
-                                           rows.horizon[part]))
+                                           rows.horizon[part], rows.perplexity[part]))
     y = rows.y[part]
     inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
     inside = (cal[:, 0] <= y) & (y <= cal[:, -1])

@@ -9,8 +9,8 @@ from metastop.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
 from metastop.features import FEATURE_VERSION
-from metastop.predictor import (MANIFEST, PRIOR_METRIC_CURVES, Predictor, _apply_conformal,
-                                _conformal_offsets, default_horizons)
+from metastop.predictor import (MANIFEST, N_CELLS, PRIOR_METRIC_CURVES, Predictor,
+                                _apply_conformal, _cell, _conformal_offsets, default_horizons)
 from metastop.prediction import Prediction
 from metastop.splits import holdout_group, is_held_out, split_holdout
 
@@ -121,6 +121,16 @@ def test_one_point_curve_gets_low_confidence_prior(predictor, curves):
     assert p.low_confidence
     assert p.scores.shape == (8, 3)
     assert np.all(np.diff(p.scores, axis=1) >= 0)
+
+
+def test_accuracies_losses_and_perplexities_are_calibrated_in_cells_of_their_own():
+    """Same observed fraction, same score: the kind of curve (and the horizon) picks the cell."""
+    best = np.array([0.7, -3.3, -3.3])       # an accuracy, a loss, a perplexity (as scores)
+    perplexity = np.array([False, False, True])
+    before_end = _cell(np.full(3, 0.3), best, np.full(3, 0.9), perplexity)
+    at_end = _cell(np.full(3, 0.3), best, np.full(3, 1.0), perplexity)
+    cells = np.concatenate([before_end, at_end])
+    assert len(set(cells.tolist())) == 6 and cells.min() >= 0 and cells.max() < N_CELLS
 
 
 def test_narrowing_past_the_median_clips_it_and_keeps_the_calibrated_bound():
@@ -238,7 +248,7 @@ def test_calibration_table_of_an_older_layout_is_refused(saved):
     manifest["calibration"]["factors"] = [[0.1]] * 8
     (saved / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"manifest.json: incompatible calibration table .*shape "
-                                         r"\(8, 1\).*expects .*shape \(16, 1, 2\): retrain"):
+                                         r"\(8, 1\).*expects .*shape \(24, 1, 2\): retrain"):
         Predictor.load(saved)
 
 
