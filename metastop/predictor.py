@@ -505,14 +505,16 @@ def _training_rows(curves: list[Curve], target: str, weights: np.ndarray, calibr
             prefixes.append((curve.tokens[:k], curve.scores[:k], curve.budget))
             horizons.append(_sample(np.arange(k, n), max_horizons, rng, keep_last=True))
             owners.append(i)
+    perplexity = np.array([_is_perplexity(c) for c in curves])
     parts = [_rows_chunk(curves, target, prefixes[s:s + chunk], horizons[s:s + chunk],
-                         owners[s:s + chunk], weights, calibration)
+                         owners[s:s + chunk], weights, calibration, perplexity)
              for s in range(0, len(prefixes), chunk)]
     return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
 
 
 def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons: list, owners: list,
-                weights: np.ndarray, calibration: np.ndarray) -> tuple[np.ndarray, ...]:
+                weights: np.ndarray, calibration: np.ndarray, perplexity: np.ndarray
+                ) -> tuple[np.ndarray, ...]:
     batch = PrefixBatch.from_curves(prefixes)
     width = max(len(h) for h in horizons)
     xh = np.full((len(prefixes), width), np.nan)
@@ -530,7 +532,6 @@ def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons:
     rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
     owners = np.asarray(owners)
-    perplexity = np.array([_is_perplexity(c) for c in curves])
     return (X.astype(np.float32), y, rep(weights[owners] / counts),
             rep(calibration[owners].astype(int)), rep(batch.x_last), xh[valid], rep(batch.best),
             rep(perplexity[owners]), final[valid])
