@@ -503,8 +503,8 @@ def hull_gap(front: Frontier, rival: PolicyReport, *, n_boot: int = 2000,
     not reach the rival's savings or holds no per-curve reports.
 
     Example:
-        >>> hull_gap(suite.frontiers["metastop"], backtest(curves, Patience(5)))  # doctest: +SKIP
-        (0.0003, (-0.0021, 0.0027))
+        >>> gap, (low, high) = hull_gap(suite.frontiers["metastop"],  # doctest: +SKIP
+        ...                             suite.report("patience-5"))
     """
     if n_boot < 1:
         raise ParameterError(f"n_boot must be >= 1, got {n_boot=}")
