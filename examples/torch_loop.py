@@ -19,8 +19,8 @@ import time
 import torch
 from torch import nn
 
-from metastop.predictor import Predictor
-from metastop.runtime import StopController
+from metastop.predict.model import Predictor
+from metastop.stop.controller import StopController
 
 N_DIGITS = 10
 N_CLASSES = 9 * N_DIGITS + 1

@@ -44,12 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-from metastop.backtest import seen_at
+from metastop.evaluate.backtest import seen_at
 from metastop.curves import Curve, CurveSet, metric_range
-from metastop.fits import FAMILY_NAMES, fit_families
-from metastop.paths import shared_data_dir
-from metastop.predictor import Predictor
-from metastop.splits import RULE, split_holdout
+from metastop.predict.fits import FAMILY_NAMES, fit_families
+from metastop.curves.paths import shared_data_dir
+from metastop.predict.model import Predictor
+from metastop.curves.splits import RULE, split_holdout
+from metastop.ingest import read_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir()
@@ -253,7 +254,7 @@ def main() -> None:
     for name, path in CORPORA.items():
         if not path.exists():
             continue
-        _, test = split_holdout(CurveSet.read(path, on_error="skip"))
+        _, test = split_holdout(read_curves(path, on_error="skip"))
         if len(test) > args.max_curves:
             test = CurveSet(test[int(i)] for i in np.sort(rng.choice(len(test), args.max_curves,
                                                                      replace=False)))

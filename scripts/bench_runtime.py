@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from metastop.backtest import replay
-from metastop.curves import CurveSet
-from metastop.policies import DEFAULT_PRICE, DEFAULT_RISK, CostAware, Patience
-from metastop.paths import shared_corpus
-from metastop.predictor import Predictor
-from metastop.runtime import StopController
+from metastop.evaluate.backtest import replay
+from metastop.stop.policies import DEFAULT_RISK, CostAware, Patience
+from metastop.stop.prices import DEFAULT_PRICE
+from metastop.curves.paths import shared_corpus
+from metastop.predict.model import Predictor
+from metastop.stop.controller import StopController
+from metastop.ingest import read_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def summary(name: str, seconds: np.ndarray) -> dict:
 
 def main() -> int:
     args = parse_args()
-    curves = list(CurveSet.read(args.curves))
+    curves = list(read_curves(args.curves))
     rng = np.random.default_rng(args.seed)
     picked = [curves[i] for i in rng.choice(len(curves), size=min(args.n_curves, len(curves)), replace=False)]
     predictor = Predictor.load(args.model)

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metastop.paths import shared_data_dir
+from metastop.curves.paths import shared_data_dir
+from metastop.ingest import read_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = shared_data_dir()
@@ -54,12 +55,11 @@ TARGETS = {"em_loss_mean_max": 0.005, "em_loss_p95_max": 0.02, "share_of_oracle_
 
 def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, Any]]:
     """The held-out curves of one corpus (a seeded sample of at most ``limit``)."""
-    from metastop.backtest import sample
-    from metastop.curves import CurveSet
-    from metastop.splits import RULE, split_holdout
+    from metastop.evaluate.backtest import sample
+    from metastop.curves.splits import RULE, split_holdout
 
     path, keep, _ = CORPORA[name]
-    curves = CurveSet.read(path, on_error="skip")
+    curves = read_curves(path, on_error="skip")
     selected = curves.filter(keep) if keep is not None else curves
     _, test = split_holdout(selected)
     chosen = sample(test, limit, seed=seed)
@@ -72,7 +72,7 @@ def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, A
 
 def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int,
                  png_dir: Path | None = None) -> dict[str, Any]:
-    from metastop.backtest import STANDARD_POLICIES, compare, run_suite
+    from metastop.evaluate.backtest import STANDARD_POLICIES, compare, run_suite
 
     curves, source = held_out(name, limit, seed)
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def bench_corpus(name: str, predictor: Any, limit: int | None, seed: int,
     data["targets"] = targets(suite, data["hindsight_bound"], data["not_dominated_patience"],
                               applies=CORPORA[name][2])
     if png_dir is not None:
-        from metastop.plotting import frontier_plot
+        from metastop.evaluate.plotting import frontier_plot
 
         points = {r.name: (r.token_savings_mean, r.em_loss_mean) for r in suite.reports}
         png = frontier_plot(suite.frontiers, Path(png_dir) / f"bench_stopping_{name}.png", points,
@@ -109,8 +109,8 @@ def hindsight_bound(curves: list) -> dict[str, Any]:
     """
     import numpy as np
 
-    from metastop.backtest import oracle
-    from metastop.prices import Price
+    from metastop.evaluate.backtest import oracle
+    from metastop.stop.prices import Price
 
     best = None
     for price in np.geomspace(0.001, 100.0, 41):
@@ -211,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from metastop.cli import write_json
-    from metastop.predictor import Predictor
-    from metastop.runtime import DEFAULT_PRICE, DEFAULT_RISK
+    from metastop.cli.main import write_json
+    from metastop.predict.model import Predictor
+    from metastop.stop.policies import DEFAULT_RISK
+    from metastop.stop.prices import DEFAULT_PRICE
 
     predictor = Predictor.load(args.model)
     names = args.corpus or [n for n, (path, _, _) in CORPORA.items() if path.exists()]

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from metastop.errors import MetastopError
-    from metastop.registry import Registry
-    from metastop.retrain import corpus_files, retrain
+    from metastop.ops.registry import Registry
+    from metastop.ops.retrain import corpus_files, retrain
 
     paths = ([] if args.no_corpus else corpus_files(args.data)) + list(args.curves)
     params = {k: v for k, v in (("n_estimators", args.n_estimators),

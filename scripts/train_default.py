@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from metastop.curves import CurveSet
-from metastop.predictor import Predictor
-from metastop.splits import split_holdout
-from metastop.paths import shared_data_dir
+from metastop.predict.model import Predictor
+from metastop.curves.splits import split_holdout
+from metastop.curves.paths import shared_data_dir
+from metastop.ingest import read_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir()
@@ -64,7 +65,7 @@ def load_training_curves(max_curves: int | None, seed: int
         if not path.exists():
             print(f"  {name:18s} not found at {path}, skipped")
             continue
-        curves = CurveSet.read(path, on_error="skip")
+        curves = read_curves(path, on_error="skip")
         train, test = split_holdout(curves)
         cap = max_curves if max_curves is not None else MAX_CURVES.get(name)
         chosen = train

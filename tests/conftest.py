@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from metastop.policies import CostAware
-from metastop.predictor import Predictor
-from metastop.prices import Price
+from metastop.stop.policies import CostAware
+from metastop.predict.model import Predictor
+from metastop.stop.prices import Price
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from metastop.backtest import (
+from metastop.evaluate.backtest import (
     Comparison, CurveOutcome, Frontier, FrontierPoint, PolicyReport, backtest, compare,
     contract_problems, frontier, frontier_from_reports, hull_gap, never_stop, oracle,
     oracle_stop, outcome, p95, prediction_report, replay, report_json,
 )
 from metastop.curves import Curve
-from metastop.decision import Decision, Reason
+from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
-from metastop.prediction import Prediction
+from metastop.predict.prediction import Prediction
 
 
 def _decision(curve: Curve, stop: bool) -> Decision:
@@ -348,7 +348,7 @@ def test_report_json_has_the_contract_keys():
 
 # --- prices, the policy names and the suite --------------------------------------------------
 def test_oracle_with_a_price_object_equals_its_full_budget_price():
-    from metastop.prices import Price
+    from metastop.stop.prices import Price
 
     for f in (0.01, 0.025, 0.05):
         assert oracle_stop(CURVE, Price.fraction_of_budget(f)) == oracle_stop(CURVE, 1 / f)
@@ -359,9 +359,10 @@ def test_oracle_with_a_price_object_equals_its_full_budget_price():
 
 
 def test_make_policy_names():
-    from metastop.backtest import make_policy
-    from metastop.policies import CostAware, ImprovementProbability, Patience
-    from metastop.runtime import DEFAULT_PRICE, DEFAULT_RISK
+    from metastop.evaluate.backtest import make_policy
+    from metastop.stop.policies import CostAware, ImprovementProbability, Patience
+    from metastop.stop.policies import DEFAULT_RISK
+    from metastop.stop.prices import DEFAULT_PRICE
 
     assert isinstance(make_policy("patience-10"), Patience)
     metastop = make_policy("metastop", LastValuePredictor())
@@ -376,7 +377,7 @@ def test_make_policy_names():
 
 
 def test_caching_predictor_asks_once_per_prefix():
-    from metastop.backtest import CachingPredictor
+    from metastop.evaluate.backtest import CachingPredictor
 
     class Counting(LastValuePredictor):
         calls = 0
@@ -395,7 +396,7 @@ def test_caching_predictor_asks_once_per_prefix():
 
 
 def test_run_suite_json_and_utility():
-    from metastop.backtest import STANDARD_POLICIES, metastop_sweep, run_suite
+    from metastop.evaluate.backtest import STANDARD_POLICIES, metastop_sweep, run_suite
 
     rng = np.random.default_rng(1)
     curves = [Curve(f"r{i}", tokens=np.arange(1, 21) * 1e6,
@@ -422,8 +423,8 @@ def test_run_suite_json_and_utility():
 
 
 def test_make_policy_builds_a_confirmed_metastop():
-    from metastop.backtest import make_policy
-    from metastop.policies import Confirmed, CostAware
+    from metastop.evaluate.backtest import make_policy
+    from metastop.stop.policies import Confirmed, CostAware
 
     policy = make_policy("metastop-confirmed-3", LastValuePredictor())
     assert isinstance(policy, Confirmed) and policy.n == 3 and isinstance(policy.policy, CostAware)

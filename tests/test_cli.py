@@ -14,9 +14,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from metastop.backtest import STANDARD_POLICIES, contract_problems
-from metastop.cli import main
+from metastop.evaluate.backtest import STANDARD_POLICIES, contract_problems
+from metastop.cli.main import main
 from metastop.curves import CurveSet
+from metastop.ingest import read_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_curves.parquet"
@@ -26,7 +27,7 @@ ANALYSIS_COMMANDS = ("analyze", "predict", "backtest", "plot", "models")
 @pytest.fixture(scope="module")
 def few_curves(tmp_path_factory) -> Path:
     """Six real curves of the sample corpus (three tasks), as a small Parquet file."""
-    curves = CurveSet.read(SAMPLE)
+    curves = read_curves(SAMPLE)
     chosen, tasks = [], {}
     for curve in curves:
         if tasks.get(curve.task, 0) < 2 and len(tasks) <= 3:
@@ -145,7 +146,7 @@ def test_backtest_json_follows_the_contract(few_curves, tmp_path):
 
 def test_backtest_chosen_policies_keep_last_and_two_files(few_curves, tmp_path):
     other = tmp_path / "other.parquet"
-    CurveSet(list(CurveSet.read(SAMPLE))[-3:]).write(other)
+    CurveSet(list(read_curves(SAMPLE))[-3:]).write(other)
     result = run("backtest", few_curves, other, "--policy", "patience-2", "--policy", "oracle",
                  "--keep", "last", "--no-sweep", "--json", "-")
     assert result.exit_code == 0, result.output
@@ -162,7 +163,7 @@ def test_backtest_unknown_policy_is_a_clean_error(few_curves):
 
 # --- plot -------------------------------------------------------------------------------------
 def test_plot_chosen_curves(few_curves, tmp_path):
-    ids = CurveSet.read(few_curves).ids
+    ids = read_curves(few_curves).ids
     png = tmp_path / "plot.png"
     result = run("plot", few_curves, "--curve", ids[0], "--curve", ids[3], "-o", png)
     assert result.exit_code == 0, result.output

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metastop.errors import ParameterError
-from metastop.features import (FEATURE_NAMES, FEATURE_VERSION, MAX_FIT_POINTS, REGISTRY,
+from metastop.predict.features import (FEATURE_NAMES, FEATURE_VERSION, MAX_FIT_POINTS, REGISTRY,
                                PrefixBatch, curve_scale, feature_matrix, features_of,
                                relative_target)
 

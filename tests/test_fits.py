@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metastop.errors import ParameterError
-from metastop.fits import FAMILY_NAMES, best_of_fits, fit, fit_all, fit_batch, fit_families
+from metastop.predict.fits import FAMILY_NAMES, best_of_fits, fit, fit_all, fit_batch, fit_families
 
 X = np.linspace(0.05, 0.5, 12)
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from metastop.errors import ParameterError, ReadError
-from metastop.governor import (DEFAULT_TASK, Governor, PriceChange, ShadowOutcome,
+from metastop.ops.governor import (DEFAULT_TASK, Governor, PriceChange, ShadowOutcome,
                                mean_interval, mean_upper_bound, read_decision_logs,
                                shadow_outcome)
-from metastop.prices import Price, PriceBook
+from metastop.stop.prices import Price, PriceBook
 
 BOOK = PriceBook(Price.fraction_of_budget(0.05), tasks={"gsm8k": Price.tokens(1e8)})
 

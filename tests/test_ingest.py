@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from metastop.cli import main
+from metastop.cli.main import main
 from metastop.curves import CurveSet
 from metastop.errors import CurveError, ParameterError, ReadError
-from metastop.ingest import (detect_format, is_bounded_metric, lcdb_frame, metric_direction,
+from metastop.ingest.readers import (detect_format, is_bounded_metric, lcdb_frame, metric_direction,
                              read_curves, read_sources, read_tensorboard, read_trainer_state,
                              wide_table_curves)
 
@@ -422,7 +422,7 @@ def test_lcdb_frame_requires_its_columns():
 
 def test_shipped_corpus_files_follow_the_schema():
     root = Path(__file__).parent.parent / "data"
-    sample = CurveSet.read(root / "sample_curves.parquet")
+    sample = read_curves(root / "sample_curves.parquet")
     assert 30 <= len(sample) <= 40 and all(len(c) >= 4 for c in sample)
     corpus_datasets = set(pd.read_parquet(root / "lcdb.parquet", columns=["dataset"])["dataset"])
     assert not {c.meta["dataset"] for c in sample} & corpus_datasets
@@ -450,7 +450,7 @@ def test_cli_ingest_writes_the_table_and_a_json_summary(tmp_path):
     assert "trainer_state" in result.output and "tensorboard" in result.output
     facts = json.loads(summary.read_text())
     assert facts["n_curves"] == 2 and facts["n_points"] == 16 and facts["dropped"] == []
-    assert len(CurveSet.read(out)) == 2
+    assert len(read_curves(out)) == 2
 
 
 def test_cli_ingest_json_to_stdout_is_clean(tmp_path):
@@ -478,7 +478,7 @@ def test_cli_ingest_skip_says_what_was_dropped(tmp_path):
                                        "-o", str(tmp_path / "c.parquet")], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "dropped" in result.output and "value must be finite" in result.output
-    assert CurveSet.read(tmp_path / "c.parquet").ids == ["b"]
+    assert read_curves(tmp_path / "c.parquet").ids == ["b"]
 
 
 def test_cli_ingest_help_has_examples():

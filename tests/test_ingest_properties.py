@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from metastop.cli import main
+from metastop.cli.main import main
 from metastop.curves import CurveSet
 from metastop.errors import MetastopError
-from metastop.ingest import read_curves, read_sources
+from metastop.ingest.readers import read_curves, read_sources
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trainer_run"
 TRAINER_STATE = FIXTURES / "trainer_state.json"
@@ -138,7 +138,7 @@ def test_random_trainer_states_give_only_metastop_errors(tmp_path, history, top,
 
 # --- mutated valid files ------------------------------------------------------------------------------
 def valid_files(tmp_path: Path) -> dict[str, bytes]:
-    table = CurveSet.read(TRAINER_STATE).to_frame()
+    table = read_curves(TRAINER_STATE).to_frame()
     return {"trainer_state.json": TRAINER_STATE.read_bytes(), EVENTS.name: EVENTS.read_bytes(),
             "t.csv": to_bytes(table, "t.csv"), "t.jsonl": to_bytes(table, "t.jsonl"),
             "t.parquet": _parquet(table)}
@@ -198,7 +198,7 @@ def test_failing_ingest_leaves_the_previous_output_untouched(tmp_path, content, 
         assert out.read_bytes() == b"previous output"
         assert "Error: " in result.output and name in result.output
     else:
-        assert len(CurveSet.read(out)) >= 1
+        assert len(read_curves(out)) >= 1
     assert sorted(p.name for p in directory.iterdir()) == sorted(["curves.parquet", name])
 
 

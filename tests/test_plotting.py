@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metastop.backtest import Frontier, FrontierPoint
+from metastop.evaluate.backtest import Frontier, FrontierPoint
 from metastop.curves import Curve
-from metastop.plotting import CurvePanel, curve_figure, curve_grid, frontier_figure, frontier_plot
-from metastop.prediction import Prediction
+from metastop.evaluate.plotting import CurvePanel, curve_figure, curve_grid, frontier_figure, frontier_plot
+from metastop.predict.prediction import Prediction
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

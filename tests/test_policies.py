@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from metastop.curves import Curve
-from metastop.decision import Decision, Reason
+from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
-from metastop.prediction import Prediction
-from metastop.prices import Price
-from metastop.policies import (
+from metastop.predict.prediction import Prediction
+from metastop.stop.prices import Price
+from metastop.stop.policies import (
     DEFAULT_PRICE, DEFAULT_RISK, AllOf, AnyOf, Confirmed, CostAware, ImprovementProbability, Patience,
     StoppingPolicy, Threshold, evaluation_horizons, probability_above,
 )
-from metastop.runtime import StopController
+from metastop.stop.controller import StopController
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,7 +323,7 @@ def saturating(n: int, *, budget_points: int = 20, rate: float = 0.6, top: float
 
 
 def test_shipped_predictor_stops_a_flat_curve_and_keeps_a_rising_one():
-    from metastop.predictor import Predictor
+    from metastop.predict.model import Predictor
 
     policy = CostAware(Predictor.load())
     flat = policy.decide(saturating(16, rate=1.5))  # long since saturated, 80% of the budget
@@ -337,7 +337,7 @@ def test_shipped_predictor_stops_a_flat_curve_and_keeps_a_rising_one():
 
 
 def test_shipped_predictor_batched_equals_one_by_one():
-    from metastop.predictor import Predictor
+    from metastop.predict.model import Predictor
 
     predictor = Predictor.load()
     curves = [saturating(n, rate=r, seed=n) for n in (1, 3, 6, 12) for r in (0.1, 0.5, 1.5)]

@@ -5,21 +5,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metastop.paths import shared_corpus
+from metastop.curves.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
-from metastop.features import FEATURE_VERSION
-from metastop.predictor import (MANIFEST, N_CELLS, PRIOR_METRIC_CURVES, Predictor,
+from metastop.predict.features import FEATURE_VERSION
+from metastop.predict.model import (MANIFEST, N_CELLS, PRIOR_METRIC_CURVES, Predictor,
                                 _apply_conformal, _cell, _conformal_offsets, default_horizons)
-from metastop.prediction import Prediction
-from metastop.splits import holdout_group, is_held_out, split_holdout
+from metastop.predict.prediction import Prediction
+from metastop.curves.splits import holdout_group, is_held_out, split_holdout
+from metastop.ingest import read_curves
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
 
 
 @pytest.fixture(scope="module")
 def curves() -> CurveSet:
-    full = CurveSet.read(PYTHIA)
+    full = read_curves(PYTHIA)
     rng = np.random.default_rng(0)
     return CurveSet(full[int(i)] for i in np.sort(rng.choice(len(full), 200, replace=False)))
 
@@ -302,7 +303,7 @@ def test_shipped_default_model_loads_and_was_not_trained_on_held_out_groups():
 
 
 def test_best_target_trains_on_the_running_best(curves):
-    from metastop.predictor import _training_rows
+    from metastop.predict.model import _training_rows
 
     usable = [c for c in curves if len(c) >= 3][:40]
     calibration = np.zeros(len(usable), dtype=bool)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from metastop.errors import ParameterError, ReadError
-from metastop.prices import Price, PriceBook
+from metastop.stop.prices import Price, PriceBook
 
 
 @pytest.mark.parametrize("price, budget, expected", [

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from conftest import start_paused
-from metastop.paths import shared_corpus
+from metastop.curves.paths import shared_corpus
 from metastop.curves import CurveSet
 from metastop.errors import ModelError, ParameterError
-from metastop.predictor import Predictor
-from metastop.registry import (Registry, RegistryLockError, folder_digest, verify_checksums)
+from metastop.predict.model import Predictor
+from metastop.ops.registry import (Registry, RegistryLockError, folder_digest, verify_checksums)
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_lock_is_exclusive_reentrant_and_names_the_holder(registry):
 def test_lock_held_by_another_process_times_out(registry):
     code = textwrap.dedent(f"""
         import sys, time
-        from metastop.registry import Registry
+        from metastop.ops.registry import Registry
         with Registry({str(registry.root)!r}).lock():
             print("locked", flush=True)
             time.sleep(30)
@@ -180,7 +180,7 @@ def test_lock_held_by_another_process_times_out(registry):
 # --- SIGKILL in the middle of a promotion -----------------------------------------------------
 PROMOTE = """
 import sys
-from metastop.registry import Registry
+from metastop.ops.registry import Registry
 reg = Registry(sys.argv[1])
 reg.promote(reg.add(sys.argv[2], name="challenger"))
 """

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from metastop.backtest import backtest
-from metastop.cli import main
+from metastop.evaluate.backtest import backtest
+from metastop.cli.main import main
 from metastop.curves import Curve
-from metastop.governor import Governor, ShadowOutcome
-from metastop.policies import Patience
-from metastop.prices import Price, PriceBook
-from metastop.report import OVERALL, fleet_report, plot_report, report_rows
-from metastop.runtime import StopController
+from metastop.ops.governor import Governor, ShadowOutcome
+from metastop.stop.policies import Patience
+from metastop.stop.prices import Price, PriceBook
+from metastop.ops.report import OVERALL, fleet_report, plot_report, report_rows
+from metastop.stop.controller import StopController
 
 BOOK = PriceBook(Price.fraction_of_budget(0.05), tasks={"arc": Price.tokens(3e7)})
 

@@ -16,21 +16,22 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from metastop.cli import main
+from metastop.cli.main import main
+from metastop.ingest import read_curves
 from conftest import start_paused
-from metastop.paths import shared_corpus
+from metastop.curves.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ParameterError
-from metastop.governor import Governor
-from metastop.policies import CostAware
-from metastop.predictor import Predictor
-from metastop.prices import Price, PriceBook
-from metastop.registry import Registry, folder_digest
-from metastop.report import fleet_report
-from metastop.retrain import (Evaluation, gather_curves, heldout_mae, promotion_verdict,
+from metastop.ops.governor import Governor
+from metastop.stop.policies import CostAware
+from metastop.predict.model import Predictor
+from metastop.stop.prices import Price, PriceBook
+from metastop.ops.registry import Registry, folder_digest
+from metastop.ops.report import fleet_report
+from metastop.ops.retrain import (Evaluation, gather_curves, heldout_mae, promotion_verdict,
                               retrain, train_predictor)
-from metastop.runtime import StopController
-from metastop.splits import split_holdout
+from metastop.stop.controller import StopController
+from metastop.curves.splits import split_holdout
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def log_run(curve: Curve, predictor, price: Price, folder: Path, *, shadow: bool
 def weak_model(tmp_path_factory):
     """A champion fitted on 12 training-side curves of another domain (nanoGPT validation
     losses): easy to beat on accuracy curves."""
-    train, _ = split_holdout(CurveSet.read(shared_corpus("nanogpt_speedrun.parquet")))
+    train, _ = split_holdout(read_curves(shared_corpus("nanogpt_speedrun.parquet")))
     return Predictor(**PARAMS).fit(train[:12]).save(tmp_path_factory.mktemp("weak") / "m")
 
 
@@ -150,8 +151,9 @@ def test_promotion_rule(champion, challenger, force, promote, words):
 # --- SIGKILL during training and during promotion ---------------------------------------------
 RETRAIN = """
 import sys
-from metastop.registry import Registry
-from metastop.retrain import retrain
+from metastop.ops.registry import Registry
+from metastop.ops.retrain import retrain
+from metastop.ingest import read_curves
 retrain([sys.argv[2]], registry=Registry(sys.argv[1]), out=sys.argv[3], force=True,
         params={"n_estimators": 10, "num_leaves": 7, "min_child_samples": 10, "num_threads": 1})
 """

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from metastop.curves import Curve
-from metastop.decision import Decision, Reason
+from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
-from metastop.prediction import Prediction
-from metastop.policies import DEFAULT_PRICE, DEFAULT_RISK, CostAware, Patience, Threshold
-from metastop.prices import Price
-from metastop.runtime import StopController, sync_decision
+from metastop.predict.prediction import Prediction
+from metastop.stop.policies import DEFAULT_RISK, CostAware, Patience, Threshold
+from metastop.stop.prices import DEFAULT_PRICE
+from metastop.stop.prices import Price
+from metastop.stop.controller import StopController, sync_decision
 
 TOKENS = [100.0 * i for i in range(1, 11)]
 PLATEAU = [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4, 0.4, 0.4]  # Patience(2) stops at index 4

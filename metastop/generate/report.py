@@ -2,7 +2,7 @@
 
 Example:
     >>> from metastop.curves import CurveSet
-    >>> curves = CurveSet.read("data/em_curves.parquet")  # doctest: +SKIP
+    >>> curves = read_curves("data/em_curves.parquet")  # doctest: +SKIP
     >>> plot_shape_examples(curves, "data/em_curve_shapes.png")  # doctest: +SKIP
 """
 

@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from ..errors import ParameterError
-from ..runtime import StopController
+from ..stop.controller import StopController
 
 
 def require(module: str, extra: str) -> ModuleType:

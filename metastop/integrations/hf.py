@@ -2,7 +2,7 @@
 
 Example:
     >>> from metastop.integrations.hf import MetaStopCallback  # doctest: +SKIP
-    >>> from metastop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
     >>> args = TrainingArguments("out", eval_strategy="steps", eval_steps=50,
     ...                          include_num_input_tokens_seen=True)  # doctest: +SKIP
     >>> trainer = Trainer(model, args, compute_metrics=em,  # returns {"exact_match": ...}

@@ -3,7 +3,7 @@
 Example:
     >>> import optuna  # doctest: +SKIP
     >>> from metastop.integrations.optuna import MetaStopPruner  # doctest: +SKIP
-    >>> from metastop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
     >>> study = optuna.create_study(direction="maximize",
     ...                             pruner=MetaStopPruner(Patience(3), budget=100))  # doctest: +SKIP
     >>> # in the objective: trial.report(em, step); if trial.should_prune(): raise optuna.TrialPruned()
@@ -16,8 +16,8 @@ import math
 from typing import Any
 
 from ..curves import MAXIMIZE, MINIMIZE, Curve
-from ..decision import Reason
-from ..runtime import default_policy
+from ..stop.decision import Reason
+from ..stop.controller import default_policy
 from .._checks import positive
 from ._common import require
 

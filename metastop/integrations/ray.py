@@ -3,7 +3,7 @@
 Example:
     >>> from ray import tune  # doctest: +SKIP
     >>> from metastop.integrations.ray import MetaStopStopper  # doctest: +SKIP
-    >>> from metastop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
     >>> stopper = MetaStopStopper(Patience(3), budget=1e8, metric="em", tokens="tokens")  # doctest: +SKIP
     >>> tune.Tuner(train_fn, run_config=tune.RunConfig(stop=stopper)).fit()  # doctest: +SKIP
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..curves import DIRECTIONS
 from ..errors import ParameterError
-from ..runtime import StopController, default_policy
+from ..stop.controller import StopController, default_policy
 from .._checks import positive
 from ._common import as_float, missing_metric, require
 

@@ -36,13 +36,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
-from .errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
+from ..curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
+from ..errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
 from .governor import observations
-from .predictor import Predictor, train_booster
+from ..predict.model import Predictor, train_booster
 from .registry import Registry, pause_point, sha256_file
-from .splits import RULE as HOLDOUT_RULE
-from .splits import split_holdout
+from ..curves.splits import RULE as HOLDOUT_RULE
+from ..curves.splits import split_holdout
+from ..ingest import read_curves
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _content_digest(curve: Curve) -> str:
 
 
 def _curves_from_table(file: Path) -> tuple[list[Curve], list[Skipped]]:
-    curves = CurveSet.read(file, on_error="skip")
+    curves = read_curves(file, on_error="skip")
     return list(curves), [Skipped(str(file), reason) for reason in curves.dropped]
 
 
@@ -285,7 +286,7 @@ def dask_trainer(client: Any) -> Any:
         import dask.array as da
         import lightgbm.dask as lgb_dask
 
-        from .features import FEATURE_NAMES
+        from ..predict.features import FEATURE_NAMES
 
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         rows = max(1, math.ceil(len(X) / n_workers))
@@ -366,8 +367,9 @@ class Evaluation:
 
 def evaluate(predictor: Any, curves: Sequence[Curve], *, utility: bool = True) -> Evaluation:
     """Held-out MAE at 25% observed and CostAware utility at the default price."""
-    from .backtest import backtest, prediction_report
-    from .policies import DEFAULT_PRICE, CostAware
+    from ..evaluate.backtest import backtest, prediction_report
+    from ..stop.policies import CostAware
+    from ..stop.prices import DEFAULT_PRICE
 
     prediction = prediction_report(curves, predictor, fractions=(EVAL_FRACTION,))
     mae, n_mae = prediction.mae_at[EVAL_FRACTION], prediction.n_at[EVAL_FRACTION]

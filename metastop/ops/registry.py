@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -39,29 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import MetastopError, ModelError, ParameterError
-from .paths import MODELS_DIR
+from ..errors import MetastopError, ModelError, ParameterError
+from ..predict.champion import (MANIFEST, POINTER, VERSION_NAME,
+                                champion_dir, default_root, read_pointer)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "default"
-POINTER = "current"
 HISTORY = "history.jsonl"
 LOCK = ".lock"
-MANIFEST = "manifest.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAME = VERSION_NAME
 _RESERVED = {POINTER, HISTORY, LOCK}
-ENV_ROOT = "METASTOP_MODELS"
 
 
 class RegistryLockError(MetastopError):
     """Another process holds the registry lock (a retrain, promotion or rollback runs)."""
-
-
-def default_root() -> Path:
-    """The registry root: ``$METASTOP_MODELS`` if set, else the project's ``models/`` folder."""
-    env = os.environ.get(ENV_ROOT)
-    return Path(env) if env else MODELS_DIR
 
 
 @dataclass(frozen=True)
@@ -119,18 +109,8 @@ class Registry:
         return self._read_pointer()["champion"]
 
     def champion(self) -> Path:
-        """The folder of the current champion; ``ModelError`` if it is missing.
-
-        ``Predictor.load(None)`` can resolve the served model as ``Registry().champion()``.
-        """
-        name = self.champion_name()
-        path = self.root / name
-        if not (path / MANIFEST).is_file():
-            where = self.root / POINTER if (self.root / POINTER).exists() else "the default"
-            raise ModelError(f"file {path / MANIFEST}: champion {name!r} (named by {where}) "
-                             f"has no manifest; run `Registry.rollback()` or promote another "
-                             f"version")
-        return path
+        """The folder of the current champion; ``ModelError`` if it is missing."""
+        return champion_dir(self.root)
 
     def path(self, name: str) -> Path:
         """The folder of version ``name``; ``ModelError`` if there is none."""
@@ -303,25 +283,7 @@ class Registry:
             handle.close()
 
     def _read_pointer(self) -> dict[str, Any]:
-        path = self.root / POINTER
-        if not path.exists():
-            return {"champion": DEFAULT_VERSION, "previous": []}
-        text = path.read_text().strip()
-        if not text.startswith("{"):
-            name = text
-            data: dict[str, Any] = {"champion": name, "previous": []}
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ModelError(f"file {path}: the champion pointer is not valid JSON "
-                                 f"({error})") from None
-        name = data.get("champion")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ModelError(f"file {path}: the champion pointer names no valid version "
-                             f"(got {name!r})")
-        previous = [p for p in data.get("previous", []) if isinstance(p, str) and _NAME.match(p)]
-        return {**data, "champion": name, "previous": previous}
+        return read_pointer(self.root)
 
     def _write_pointer(self, name: str, previous: list[str], reason: str) -> None:
         data = {"champion": name, "previous": previous[-50:], "since": _now(), "reason": reason}
@@ -427,7 +389,7 @@ def verify_checksums(path: str | os.PathLike) -> dict[str, Any]:
 
 def verify_model_dir(path: str | os.PathLike) -> None:
     """Raise ``ModelError`` unless the model folder's checksums match and it loads."""
-    from .predictor import Predictor
+    from ..predict.model import Predictor
 
     verify_checksums(path)
     Predictor.load(Path(path))

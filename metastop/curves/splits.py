@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .curves import Curve, CurveSet
+from .curveset import CurveSet
+from .schema import Curve
 
 HOLDOUT_SHARE = 0.2
 """Share of holdout groups held out (by hash, so approximately)."""

@@ -4,7 +4,7 @@ matplotlib is imported lazily, with the non-interactive Agg backend, so importin
 never needs a display. Everything is drawn in the metric's own units (``Curve.to_metric``).
 
 Example:
-    >>> from metastop.plotting import curve_grid
+    >>> from metastop.evaluate.plotting import curve_grid
     >>> curve_grid([CurvePanel(curve, prediction, stop_index=7)], "reports/analyze.png")  # doctest: +SKIP
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .curves import Curve, atomic_path
-from .prediction import Prediction
+from ..curves import Curve, atomic_path
+from ..predict.prediction import Prediction
 
 BAND = (0.1, 0.9)
 """The quantile levels of the predicted band: an 80% interval."""

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .curves import MAXIMIZE, MINIMIZE, CurveSet, is_bounded_metric
-from .errors import CurveError, ParameterError, ReadError
+from ..curves import MAXIMIZE, MINIMIZE, CurveSet, is_bounded_metric
+from ..errors import CurveError, ParameterError, ReadError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ else. Replay is step-synchronous across curves, so a model-based policy is asked
 still-running curves at once (``decide_many``), which keeps the predictor's calls batched.
 
 Example:
-    >>> from metastop.backtest import backtest
+    >>> from metastop.evaluate.backtest import backtest
     >>> report = backtest(curves, Patience(5))                      # doctest: +SKIP
     >>> report.token_savings_mean, report.em_loss_mean, report.em_loss_p95  # doctest: +SKIP
 """
@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .curves import Curve
-from .decision import Decision
-from .errors import ParameterError
+from ..curves import Curve
+from ..stop.decision import Decision
+from ..errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -718,7 +718,7 @@ def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: fl
         >>> make_policy("patience-5").params["patience"]
         5
     """
-    from . import policies
+    from ..stop import policies
 
     if name.startswith("patience-"):
         patience = name.removeprefix("patience-")
@@ -743,7 +743,7 @@ def make_policy(name: str, predictor: Any = None, *, price: Any = None, risk: fl
 def metastop_sweep() -> list[tuple[float, float, float]]:
     """The metastop frontier's settings ``(price, risk, min_fraction)``, by increasing price:
     ``PRICE_SWEEP`` at the shipped risk and min_fraction, plus ``FRONTIER_ENDS``."""
-    from .policies import DEFAULT_MIN_FRACTION, DEFAULT_RISK
+    from ..stop.policies import DEFAULT_MIN_FRACTION, DEFAULT_RISK
 
     standard = [(price, DEFAULT_RISK, DEFAULT_MIN_FRACTION) for price in PRICE_SWEEP]
     return sorted(standard + list(FRONTIER_ENDS))
@@ -751,8 +751,8 @@ def metastop_sweep() -> list[tuple[float, float, float]]:
 
 def as_price(price: Any) -> Any:
     """``None`` -> the shipped ``DEFAULT_PRICE``; a number -> ``Price.fraction_of_budget``."""
-    from .prices import Price
-    from .runtime import DEFAULT_PRICE
+    from ..stop.prices import Price
+    from ..stop.prices import DEFAULT_PRICE
 
     if price is None:
         return DEFAULT_PRICE
@@ -800,7 +800,7 @@ class Suite:
         front, best = self.frontiers.get(name), self.frontiers.get(ORACLE)
         if front is None or best is None or len(front.reports) != len(best.reports):
             return []
-        from .prices import Price
+        from ..stop.prices import Price
 
         out = []
         for mine, theirs in zip(front.reports, best.reports):
@@ -883,7 +883,7 @@ def run_suite(curves: Sequence[Curve], predictor: Any, *,
 def _suite_jobs(curves: list[Curve], predictor: Any, names: Sequence[str], price: Any,
                 keep: str, sweeps: bool, predict: bool) -> list[tuple[str, Callable]]:
     """The suite's work as ``(key, job(progress))`` pairs, in the order they run."""
-    from .prices import Price
+    from ..stop.prices import Price
 
     jobs: list[tuple[str, Callable]] = []
     for name in names:
@@ -906,7 +906,7 @@ def _suite_jobs(curves: list[Curve], predictor: Any, names: Sequence[str], price
             curves, lambda n: make_policy(f"patience-{n}"), PATIENCE_SWEEP, name="patience",
             keep=keep, progress=p)))
     if sweeps and IMPROVEMENT_PROBABILITY in names:
-        from .policies import ImprovementProbability
+        from ..stop.policies import ImprovementProbability
         jobs.append((f"frontier:{IMPROVEMENT_PROBABILITY}", lambda p: frontier(
             curves, lambda q: ImprovementProbability(predictor, p=q), PROBABILITY_SWEEP,
             name=IMPROVEMENT_PROBABILITY, keep=keep, progress=p)))
@@ -1038,7 +1038,7 @@ def _prediction_point(curve: Curve, stop_index: int | None, at_fraction: float |
 
 
 def _band_horizons(prefix: Curve) -> np.ndarray:
-    from .policies import evaluation_horizons
+    from ..stop.policies import evaluation_horizons
 
     return evaluation_horizons(prefix)
 

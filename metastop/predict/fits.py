@@ -39,7 +39,7 @@ from typing import Callable, Mapping
 import numpy as np
 from scipy.special import expit
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 logger = logging.getLogger(__name__)
 

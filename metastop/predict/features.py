@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 from .fits import FAMILY_NAMES, X_MIN, FitBatch, fit_families
 
 FEATURE_VERSION = "4"

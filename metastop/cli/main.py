@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from .errors import MetastopError
+from ..errors import MetastopError
 
 
 def library_errors(command: Callable) -> Callable:
@@ -54,7 +54,7 @@ def _cell(value: Any) -> str:
 
 def write_json(data: Any, path: str | None) -> None:
     """Write ``data`` as JSON to ``path`` (``-`` for standard output), atomically."""
-    from .curves import atomic_path
+    from ..curves import atomic_path
 
     text = json.dumps(data, indent=2, default=str)
     if path in (None, "-"):
@@ -111,7 +111,7 @@ def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
       metastop ingest runs/ --metric eval/exact_match --tokens-per-step 4096 -o curves.parquet
       metastop ingest wandb_export.csv --tokens-per-step 4096 --on-error skip -o curves.parquet
     """
-    from .ingest import read_sources
+    from ..ingest.readers import read_sources
 
     result = read_sources(sources, on_error=on_error, metric=metric,
                           tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
@@ -139,13 +139,14 @@ from typing import Iterator  # noqa: E402
 
 def _read_curve_files(paths: Sequence[str]) -> Any:
     """Read one or more curve files into one ``CurveSet`` (errors name the file)."""
-    from .curves import CurveSet
+    from ..curves import CurveSet
+    from ..ingest import read_curves
 
-    return CurveSet.concat(CurveSet.read(path) for path in paths)
+    return CurveSet.concat(read_curves(path) for path in paths)
 
 
 def _load_predictor(model: str | None) -> Any:
-    from .predictor import Predictor
+    from ..predict.model import Predictor
 
     return Predictor.load(model)
 
@@ -205,8 +206,8 @@ def analyze(curves_path: str, model: str | None, price: float | None, png: str |
       metastop analyze data/sample_curves.parquet --png reports/analyze.png
       metastop analyze run.parquet --price 0.02 --json -
     """
-    from .backtest import analyze_curves, as_price, make_policy
-    from .plotting import CurvePanel, curve_grid
+    from ..evaluate.backtest import analyze_curves, as_price, make_policy
+    from ..evaluate.plotting import CurvePanel, curve_grid
 
     curves = _read_curve_files([curves_path])
     predictor = _load_predictor(model)
@@ -256,7 +257,7 @@ def predict(curves_path: str, fraction: float, model: str | None, json_path: str
       metastop predict data/sample_curves.parquet --at-fraction 0.25
       metastop predict data/sample_curves.parquet --at-fraction 0.5 --json -
     """
-    from .backtest import forecast_at
+    from ..evaluate.backtest import forecast_at
 
     curves = _read_curve_files([curves_path])
     results = forecast_at(curves, _load_predictor(model), fraction)
@@ -307,7 +308,7 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
       metastop backtest data/sample_curves.parquet --json reports/backtest.json
       metastop backtest a.parquet b.parquet --policy metastop --policy patience-5 --png frontier.png
     """
-    from .backtest import STANDARD_POLICIES, compare, run_suite, sample
+    from ..evaluate.backtest import STANDARD_POLICIES, compare, run_suite, sample
 
     curves = sample(_read_curve_files(curves_paths), limit, seed=seed)
     names = tuple(dict.fromkeys(policies)) or STANDARD_POLICIES
@@ -329,7 +330,7 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
 
 
 def _frontier_png(suite: Any, png: str) -> None:
-    from .plotting import frontier_plot
+    from ..evaluate.plotting import frontier_plot
 
     points = {r.name: (r.token_savings_mean, r.em_loss_mean) for r in suite.reports}
     frontier_plot(suite.frontiers, png, points,
@@ -380,8 +381,8 @@ def plot(curves_path: str, curve_ids: tuple[str, ...], output: str, fraction: fl
       metastop plot data/sample_curves.parquet -o reports/curves.png
       metastop plot runs.parquet --curve run7/em --at-fraction 0.3 -o run7.png
     """
-    from .backtest import analyze_curves, as_price, make_policy
-    from .plotting import CurvePanel, curve_grid
+    from ..evaluate.backtest import analyze_curves, as_price, make_policy
+    from ..evaluate.plotting import CurvePanel, curve_grid
 
     curves = _read_curve_files([curves_path])
     try:
@@ -413,7 +414,7 @@ def models(ctx: click.Context, root: str | None, as_json: bool) -> None:
     ctx.obj = {"root": root, "as_json": as_json}
     if ctx.invoked_subcommand is not None:
         return
-    from .registry import Registry
+    from ..ops.registry import Registry
 
     versions = Registry(root).versions()
     if as_json:
@@ -441,7 +442,7 @@ def models_show(ctx: click.Context, version: str) -> None:
     Example:
       metastop models show default
     """
-    from .registry import Registry, read_manifest
+    from ..ops.registry import Registry, read_manifest
 
     manifest = read_manifest(Registry(ctx.obj["root"]).path(version))
     if ctx.obj["as_json"]:
@@ -493,8 +494,8 @@ def retrain_command(curves: tuple[Path, ...], data_dir: Path, no_corpus: bool,
       metastop retrain extra.parquet --no-corpus --out reports/retrain/today --force
       metastop retrain --dask-scheduler tcp://scheduler:8786
     """
-    from .registry import Registry
-    from .retrain import corpus_files, retrain
+    from ..ops.registry import Registry
+    from ..ops.retrain import corpus_files, retrain
 
     paths = ([] if no_corpus else corpus_files(data_dir)) + list(curves)
     params = {k: v for k, v in (("n_estimators", n_estimators), ("num_threads", num_threads))
@@ -530,7 +531,7 @@ def models_promote(ctx: click.Context, version: str, reason: str) -> None:
     Example:
       metastop models promote 20250101-120000-3fa2c1d0
     """
-    from .registry import Registry
+    from ..ops.registry import Registry
 
     Registry(ctx.obj["root"]).promote(version, reason=reason)
     click.echo(f"champion: {version}")
@@ -547,7 +548,7 @@ def models_rollback(ctx: click.Context, reason: str) -> None:
     Example:
       metastop models rollback
     """
-    from .registry import Registry
+    from ..ops.registry import Registry
 
     click.echo(f"champion: {Registry(ctx.obj['root']).rollback(reason=reason)}")
 
@@ -576,9 +577,9 @@ def report_command(logs: tuple[Path, ...], pricebook: str | None, governor_state
       metastop report logs/ --pricebook prices.toml --png reports/fleet.png
       metastop report logs/ --governor-state governor.json --json -
     """
-    from .governor import Governor
-    from .prices import PriceBook
-    from .report import REPORT_COLUMNS, fleet_report, plot_report, report_rows
+    from ..ops.governor import Governor
+    from ..stop.prices import PriceBook
+    from ..ops.report import REPORT_COLUMNS, fleet_report, plot_report, report_rows
 
     book = PriceBook.read(pricebook) if pricebook else None
     governor = Governor.load(governor_state, pricebook=book) if governor_state else None
@@ -602,7 +603,7 @@ def report_command(logs: tuple[Path, ...], pricebook: str | None, governor_state
 
 
 def _price_text(data: dict[str, Any]) -> str:
-    from .prices import Price
+    from ..stop.prices import Price
 
     return str(Price.from_dict(data))
 

@@ -13,7 +13,7 @@ Under ``torch.distributed`` rank 0 decides and broadcasts its decision, so every
 at the same step. torch is imported only when it is already in use.
 
 Example:
-    >>> from metastop.policies import Patience
+    >>> from metastop.stop.policies import Patience
     >>> ctl = StopController(policy=Patience(3), budget=1e9)
     >>> for tokens, em in [(1e8, 0.30), (2e8, 0.29), (3e8, 0.28), (4e8, 0.28)]:
     ...     decision = ctl.observe(tokens, em)
@@ -34,11 +34,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._checks import positive
-from .curves import DIRECTIONS, MAXIMIZE, Curve
+from .._checks import positive
+from ..curves import DIRECTIONS, MAXIMIZE, Curve
 from .decision import Decision, Reason
-from .errors import ParameterError
-from .policies import DEFAULT_PRICE, DEFAULT_RISK, CostAware, StoppingPolicy
+from ..errors import ParameterError
+from .policies import DEFAULT_RISK, CostAware, StoppingPolicy
+from .prices import DEFAULT_PRICE
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def default_policy(predictor: Any = None) -> CostAware:
     ``predictor=None`` loads the shipped default model (``Predictor.load()``).
     """
     if predictor is None:
-        from .predictor import Predictor
+        from ..predict.model import Predictor
 
         predictor = Predictor.load()
     return CostAware(predictor, price=DEFAULT_PRICE, risk=DEFAULT_RISK)

@@ -33,15 +33,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .curves import Curve, CurveSet, atomic_path, metric_floor
-from .errors import ModelError, NotFittedError, ParameterError
+from .. import __version__
+from ..curves import Curve, CurveSet, atomic_path, metric_floor
+from ..errors import ModelError, NotFittedError, ParameterError
 from .features import (FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix,
                        relative_target)
-from .paths import MODELS_DIR
+from ..curves.paths import MODELS_DIR
+from .champion import champion_dir
 from .prediction import Prediction
-from .splits import RULE as HOLDOUT_RULE
-from .splits import holdout_group, is_held_out
+from ..curves.splits import RULE as HOLDOUT_RULE
+from ..curves.splits import holdout_group, is_held_out
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Predictor:
             at that horizon: the quantity stopping decisions weigh).
 
     Example:
-        >>> p = Predictor(n_estimators=50).fit(CurveSet.read("curves.parquet"))  # doctest: +SKIP
+        >>> p = Predictor(n_estimators=50).fit(read_curves("curves.parquet"))  # doctest: +SKIP
         >>> p.predict(curve).final_interval  # doctest: +SKIP
         >>> p.save("models/mine"); Predictor.load("models/mine")  # doctest: +SKIP
     """
@@ -422,11 +423,7 @@ class Predictor:
             ModelError: naming the file and the problem (missing, not JSON, tampered or
                 truncated, incompatible feature version, unreadable model).
         """
-        if directory is None:
-            from .registry import Registry
-
-            directory = Registry().champion()
-        directory = Path(directory)
+        directory = Path(directory) if directory is not None else champion_dir()
         manifest = _read_manifest(directory)
         predictor = cls(**_params_from(manifest, directory))
         predictor.boosters_ = [_read_booster(directory, name, entry, manifest)

@@ -30,22 +30,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._checks import in_range, number
-from .curves import Curve
+from .._checks import in_range, number
+from ..curves import Curve
 from .decision import Decision, Reason
-from .errors import ParameterError
-from .prediction import Prediction
-from .prices import POINT, Price
+from ..errors import ParameterError
+from ..predict.prediction import Prediction
+from .prices import DEFAULT_PRICE, POINT, Price
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PRICE = Price.fraction_of_budget(0.1)
-"""The shipped default price: one point (0.01 EM) is worth 10% of the run's budget.
-
-On held-out LCDB and Pythia curves it saves more tokens than patience-5 and loses less EM
-(``scripts/bench_stopping.py``, figures in the README). It is a trade, not a loss limit:
-even the hindsight oracle gives up about one point on average at this price, so a task that
-must lose less should be given a higher price."""
 DEFAULT_RISK = 0.9
 """The shipped default quantile used to judge a gain (an upper quantile, see DESIGN.md)."""
 DEFAULT_MIN_FRACTION = 0.1

@@ -17,7 +17,7 @@ After a change the task's evidence starts again: runs measured under the old pri
 count. State is plain JSON (``state_dict`` / ``save`` / ``load``), written atomically.
 
 Example:
-    >>> from metastop.prices import Price, PriceBook
+    >>> from metastop.stop.prices import Price, PriceBook
     >>> gov = Governor(PriceBook(Price.fraction_of_budget(0.05)), loss_budget=0.5)
     >>> gov.assign_shadow("run-42") in (True, False)
     True
@@ -38,9 +38,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .curves import atomic_path
-from .errors import ParameterError, ReadError
-from .prices import POINT, PriceBook, Price
+from ..curves import atomic_path
+from ..errors import ParameterError, ReadError
+from ..stop.prices import POINT, PriceBook, Price
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class Governor:
         step: factor by which a price moves (> 1).
 
     Example:
-        >>> from metastop.prices import Price, PriceBook
+        >>> from metastop.stop.prices import Price, PriceBook
         >>> gov = Governor(PriceBook(Price.fraction_of_budget(0.05)), min_runs=2)
         >>> for i, loss in enumerate([2.0, 3.0, 2.5]):
         ...     _ = gov.record(ShadowOutcome(f"r{i}", "arc", loss, 0.3, 5.0, 10.0, 10.0))

@@ -22,7 +22,7 @@ import numpy as np
 
 from .governor import (DEFAULT_TASK, Governor, is_shadow_run, mean_interval, observations,
                        read_decision_logs, shadow_outcome)
-from .prices import PriceBook
+from ..stop.prices import PriceBook
 
 OVERALL = "(all)"
 
@@ -187,7 +187,7 @@ def plot_report(report: FleetReport, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .curves import atomic_path
+    from ..curves import atomic_path
 
     tasks = [*report.tasks, report.overall]
     names = [t.task for t in tasks]

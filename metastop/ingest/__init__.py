@@ -1,0 +1,22 @@
+"""Readers: every supported layout of training logs mapped into the one curve table.
+
+Long tables (CSV, Parquet, JSONL), Hugging Face ``trainer_state.json``, TensorBoard event
+files and wide step x metric exports (W&B, MLflow). ``read_curves`` detects the format of one
+path; ``read_sources`` reads many and reports what each gave.
+
+Example:
+    >>> from metastop.ingest import read_curves
+    >>> curves = read_curves("data/sample_curves.parquet")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .readers import (FORMATS, IngestResult, SourceSummary, detect_format, lcdb_frame,
+                      long_table_curves, metric_direction, read_curves, read_long_table,
+                      read_sources, read_tensorboard, read_trainer_state, read_wide_table,
+                      wide_table_curves)
+
+__all__ = ["FORMATS", "IngestResult", "SourceSummary", "detect_format", "lcdb_frame",
+           "long_table_curves", "metric_direction", "read_curves", "read_long_table",
+           "read_sources", "read_tensorboard", "read_trainer_state", "read_wide_table",
+           "wide_table_curves"]

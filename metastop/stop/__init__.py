@@ -1,0 +1,29 @@
+"""The stopping stage: prices, policies, the ``Decision`` and the run-time controller.
+
+A policy is one method, ``decide(curve) -> Decision``; ``CostAware`` stops when no later
+evaluation is worth its tokens at the user's ``Price``. ``StopController`` is the only way a
+Decision is made inside a training loop: it guards budget and warm-up, fails open, and writes
+the decision log (``decisionlog``), which every later stage reads through one reader.
+
+Example:
+    >>> from metastop.stop import StopController  # doctest: +SKIP
+    >>> StopController(budget=2e9).observe(1e8, 0.31).stop  # doctest: +SKIP
+    False
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "Decision": "decision", "Reason": "decision",
+    "Price": "prices", "PriceBook": "prices", "POINT": "prices", "DEFAULT_PRICE": "prices",
+    "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",
+    "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
+    "AllOf": "policies", "Confirmed": "policies", "DEFAULT_RISK": "policies",
+    "StopController": "controller", "sync_decision": "controller",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
