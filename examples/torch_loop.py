@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from metastop.predict.model import Predictor
-from metastop.stop.controller import StopController
+from metastop.stop.controller import StopController, Reporting
 
 N_DIGITS = 10
 N_CLASSES = 9 * N_DIGITS + 1
@@ -68,9 +68,8 @@ def main() -> None:
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     tokens_per_step = args.batch_size * N_DIGITS
-    controller = StopController(Predictor.load(args.model), budget=args.steps * tokens_per_step, curve_id="digit-sum/em",
-                                run_id=f"seed{args.seed}", task="digit_sum", log_path=args.log,
-                                shadow=args.shadow)
+    controller = StopController(predictor=Predictor.load(args.model), budget=args.steps * tokens_per_step, curve_id="digit-sum/em",
+                                run_id=f"seed{args.seed}", task="digit_sum", reporting=Reporting(log_path=args.log, shadow=args.shadow))
     print(f"{'step':>5} {'tokens':>9} {'EM':>6}  decision")
     start, step = time.perf_counter(), 0
     for step in range(1, args.steps + 1):

@@ -20,7 +20,7 @@ _EXPORTS = {
     "StoppingPolicy": "stop.policies", "CostAware": "stop.policies", "Patience": "stop.policies",
     "ImprovementProbability": "stop.policies", "Threshold": "stop.policies", "AnyOf": "stop.policies",
     "AllOf": "stop.policies", "Confirmed": "stop.policies", "DEFAULT_PRICE": "stop.prices", "DEFAULT_RISK": "stop.policies",
-    "StopController": "stop.controller", "sync_decision": "stop.controller",
+    "StopController": "stop.controller", "Reporting": "stop.controller", "sync_decision": "stop.controller",
     "Predictor": "predict.model", "split_holdout": "curves.splits",
     "Registry": "ops.registry", "Governor": "ops.governor", "retrain": "ops.retrain",
     "fleet_report": "ops.report", "backtest": "evaluate.backtest", "replay": "evaluate.backtest",

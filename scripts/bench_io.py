@@ -77,7 +77,7 @@ class Timer:
 
 
 def case_pythia(path: Path, timer: Timer) -> dict:
-    from metastop.ingest.readers import read_curves
+    from metastop.ingest import read_curves
 
     with timer("read_curves"):
         curves = read_curves(path)
@@ -88,7 +88,7 @@ def case_lcdb(path: Path, timer: Timer) -> dict:
     import pandas as pd
 
     from metastop.curves import CurveSet
-    from metastop.ingest.readers import LCDB_COLUMNS, lcdb_frame
+    from metastop.ingest.lcdb import LCDB_COLUMNS, lcdb_frame
 
     with timer("read_csv"):
         raw = pd.read_csv(path, engine="pyarrow", usecols=list(LCDB_COLUMNS))
@@ -107,7 +107,7 @@ def run_case(name: str, path: Path) -> None:
     import pandas  # noqa: F401  (imports are not part of the case's memory)
 
     import metastop.curves  # noqa: F401
-    import metastop.ingest.readers  # noqa: F401
+    import metastop.ingest  # noqa: F401
 
     baseline = peak_rss_mb()
     timer = Timer()

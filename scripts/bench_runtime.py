@@ -80,7 +80,7 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     picked = [curves[i] for i in rng.choice(len(curves), size=min(args.n_curves, len(curves)), replace=False)]
     predictor = Predictor.load(args.model)
-    default = lambda c: StopController(predictor, budget=c.budget, curve_id=c.curve_id)  # noqa: E731
+    default = lambda c: StopController(predictor=predictor, budget=c.budget, curve_id=c.curve_id)  # noqa: E731
     patience = lambda c: StopController(policy=Patience(5), budget=c.budget)  # noqa: E731
     rows = [summary("metastop (CostAware, default model)", observe_latencies(picked, default)),
             summary("patience(5)", observe_latencies(picked, patience))]

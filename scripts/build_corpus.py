@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from metastop.curves import CurveSet, atomic_path
-from metastop.ingest.readers import LCDB_COLUMNS, lcdb_frame
+from metastop.ingest.lcdb import LCDB_COLUMNS, lcdb_frame
 
 log = logging.getLogger("build_corpus")
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from metastop.cli.history import history
 from metastop.curves import Curve, CurveSet
 from metastop.errors import MetastopError
+from metastop.ingest import read_curves
 from metastop.ops.history import (DEFAULT_URL, ENV_URL, SCHEMA_VERSION, HistoryError,
                                   HistoryStore, TaskSummary, mask_url, open_history, resolve_url)
 
@@ -87,7 +88,8 @@ def test_round_trip_reproduces_every_curve_exactly(store):
     curves = [
         make_curve("a/em", run_id="a", model_size=np.int64(160_000_000), lr=3e-4, optimizer="adamw",
                    tied=True, note=None, schedule=[1, 2.5, "cosine"], nested={"k": [1, 2]}),
-        Curve("b/loss", tokens=[0.0, 1 / 3, 1e-300 + 1, 2 ** 60], values=[-1e-310, 7.25, -3.0, 1e300],
+        Curve("b/loss", tokens=[0.0, 1 / 3, 1 + 2 ** -52, 2 ** 60],
+              values=[-1e-310, 7.25, -3.0, 1e300],
               direction="minimize", budget=2.0 ** 61, run_id=None, task=None, metric=None),
         make_curve("c/em", run_id="c", task="squad", metric=None, n=1),
     ]
@@ -99,6 +101,15 @@ def test_round_trip_reproduces_every_curve_exactly(store):
     assert type(stored["a/em"].meta["model_size"]) is int
 
 
+def test_round_trip_of_a_shipped_curve_table(store):
+    curves = read_curves(REPO / "data" / "sample_curves.parquet")
+    assert store.add(curves) == len(curves) > 0
+    stored = store.curves()
+    assert sorted(stored.ids) == sorted(curves.ids)
+    for want in curves:
+        assert_same_curve(stored[want.curve_id], want)
+
+
 def test_add_replaces_by_curve_id_and_last_duplicate_wins(store):
     assert store.add([make_curve("a/em", run_id="a", seed=1)]) == 1
     newer = make_curve("a/em", run_id="a2", seed=2, n=8)
@@ -108,7 +119,7 @@ def test_add_replaces_by_curve_id_and_last_duplicate_wins(store):
 
 
 def test_add_rejects_what_is_not_a_curve(store):
-    with pytest.raises(HistoryError, match=r"curves must hold Curve objects, got dict at position 1"):
+    with pytest.raises(HistoryError, match=r"must hold Curve objects, got dict at position 1"):
         store.add([make_curve("a/em"), {"curve_id": "b"}])
     assert len(store.curves()) == 0  # nothing of the failed call was written
 
@@ -216,9 +227,10 @@ def test_garbage_schema_version_is_refused(url):
 
 @pytest.mark.parametrize("bad, rule", [
     ("not a url", r"history not a url: is not a database URL"),
-    ("mysql://me@localhost/h", r"the database must be one of \('sqlite', 'postgresql'\), got 'mysql'"),
+    ("mysql://me@localhost/h",
+     r"the database must be one of \('sqlite', 'postgresql'\), got 'mysql'"),
     ("sqlite:////no/such/folder/history.db",
-     r"history sqlite:////no/such/folder/history.db: cannot open the history store \(.*unable to open"),
+     r"history sqlite:////no/such/folder/history.db: cannot open the history store \("),
 ])
 def test_unopenable_urls_raise_history_error(bad, rule):
     with pytest.raises(HistoryError, match=rule):
@@ -280,14 +292,15 @@ def test_four_processes_writing_at_once_lose_nothing(url):
         assert store.tasks() == [TaskSummary("squad", "em", n_runs=4, n_curves=80)]
 
 
+BATCH, POINTS = 10, 20_000  # about 3 MB a transaction: a kill lands inside one
 _WRITER = """
 import sys
 from metastop.ops.history import HistoryStore
-from tests.test_history import make_curve
+from tests.test_history import BATCH, POINTS, make_curve
 with HistoryStore(sys.argv[1]) as store:
     for batch in range(100_000):
-        store.add([make_curve(f"b{batch}/c{k}", run_id=f"b{batch}", n=4000, seed=batch)
-                   for k in range(3)])
+        store.add([make_curve(f"b{batch}/c{k}", run_id=f"b{batch}", n=POINTS, seed=batch)
+                   for k in range(BATCH)])
         print(batch, flush=True)
 """
 
@@ -298,21 +311,22 @@ def test_killed_writer_leaves_every_committed_curve_and_no_half_batch(url):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     committed = []
     deadline = time.monotonic() + 60
-    while len(committed) < 5 and time.monotonic() < deadline:
+    while len(committed) < 3 and time.monotonic() < deadline:
         line = writer.stdout.readline()
         if not line:
             break
         committed.append(int(line))
+    time.sleep(0.02)  # into the next batch's transaction
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(30)
-    assert len(committed) == 5, writer.stderr.read()[-2000:]
+    assert len(committed) == 3, writer.stderr.read()[-2000:]
     with HistoryStore(url) as store:
         batches = store.curves().groups("run_id")
     assert {f"b{b}" for b in committed} <= set(batches)
     for run, curves in batches.items():
-        assert len(curves) == 3, f"batch {run} is partly written"
+        assert len(curves) == BATCH, f"batch {run} is partly written"
         for curve in curves:
-            assert_same_curve(curve, make_curve(curve.curve_id, run_id=run, n=4000,
+            assert_same_curve(curve, make_curve(curve.curve_id, run_id=run, n=POINTS,
                                                 seed=int(run[1:])))
 
 
@@ -380,7 +394,7 @@ def test_cli_errors_are_one_clean_line(tmp_path):
 
 
 def test_cli_every_command_has_help_with_an_example():
-    for name, command in history.commands.items():
+    for name in history.commands:
         result = invoke(name, "--help")
         assert result.exit_code == 0
         assert "Examples:" in result.output and f"metastop history {name}" in result.output, name

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from metastop.cli.main import main
 from metastop.curves import CurveSet
 from metastop.errors import CurveError, ParameterError, ReadError
-from metastop.ingest.readers import (detect_format, is_bounded_metric, lcdb_frame, metric_direction,
-                             read_curves, read_sources, read_tensorboard, read_trainer_state,
+from metastop.curves import is_bounded_metric
+from metastop.ingest import (detect_format, lcdb_frame, metric_direction, read_curves,
+                             read_sources, read_tensorboard, read_trainer_state,
                              wide_table_curves)
 
 FIXTURES = Path(__file__).parent / "fixtures"

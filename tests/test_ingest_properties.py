@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from metastop.cli.main import main
 from metastop.curves import CurveSet
 from metastop.errors import MetastopError
-from metastop.ingest.readers import read_curves, read_sources
+from metastop.ingest import read_curves, read_sources
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trainer_run"
 TRAINER_STATE = FIXTURES / "trainer_state.json"

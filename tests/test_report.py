@@ -15,7 +15,7 @@ from metastop.ops.governor import Governor, ShadowOutcome
 from metastop.stop.policies import Patience
 from metastop.stop.prices import Price, PriceBook
 from metastop.ops.report import OVERALL, fleet_report, plot_report, report_rows
-from metastop.stop.controller import StopController
+from metastop.stop.controller import StopController, Reporting
 
 BOOK = PriceBook(Price.fraction_of_budget(0.05), tasks={"arc": Price.tokens(3e7)})
 
@@ -35,8 +35,8 @@ def fleet_curves(n: int = 24) -> list[Curve]:
 def write_logs(curves, folder, shadow_of):
     for c in curves:
         ctl = StopController(policy=Patience(2), budget=c.budget, curve_id=c.curve_id,
-                             run_id=c.run_id, task=c.task, shadow=shadow_of(c),
-                             log_path=folder / f"{c.run_id}.jsonl")
+                             run_id=c.run_id, task=c.task,
+                             reporting=Reporting(shadow=shadow_of(c), log_path=folder / f"{c.run_id}.jsonl"))
         for t, v in zip(c.tokens, c.values):
             if ctl.observe(t, v).stop:
                 break

@@ -30,7 +30,7 @@ from metastop.ops.registry import Registry, folder_digest
 from metastop.ops.report import fleet_report
 from metastop.ops.retrain import (Evaluation, gather_curves, heldout_mae, promotion_verdict,
                               retrain, train_predictor)
-from metastop.stop.controller import StopController
+from metastop.stop.controller import StopController, Reporting
 from metastop.curves.splits import split_holdout
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
@@ -58,7 +58,7 @@ def log_run(curve: Curve, predictor, price: Price, folder: Path, *, shadow: bool
     path = folder / (curve.curve_id.replace("/", "_") + ".jsonl")
     ctl = StopController(policy=CostAware(predictor, price=price), budget=curve.budget,
                          curve_id=curve.curve_id, run_id=curve.curve_id, task=curve.task,
-                         shadow=shadow, log_path=path)
+                         reporting=Reporting(shadow=shadow, log_path=path))
     for tokens, value in zip(curve.tokens, curve.values):
         if ctl.observe(tokens, value).stop:
             break
@@ -122,7 +122,7 @@ def test_minimize_direction_is_recovered_from_a_log(tmp_path, weak_model):
     loss = Curve("loss-run", np.arange(1, 9) * 1e6, [3.0, 2.5, 2.2, 2.0, 1.9, 1.85, 1.8, 1.78])
     path = tmp_path / "runs" / "loss.jsonl"
     ctl = StopController(policy=CostAware(Predictor.load(weak_model)), budget=8e6,
-                         curve_id="loss-run", direction="minimize", shadow=True, log_path=path)
+                         curve_id="loss-run", direction="minimize", reporting=Reporting(shadow=True, log_path=path))
     for t, v in zip(loss.tokens, loss.values):
         ctl.observe(t, v)
     [curve] = gather_curves([], runs_dir=path.parent).curves

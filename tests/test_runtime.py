@@ -16,7 +16,7 @@ from metastop.predict.prediction import Prediction
 from metastop.stop.policies import DEFAULT_RISK, CostAware, Patience, Threshold
 from metastop.stop.prices import DEFAULT_PRICE
 from metastop.stop.prices import Price
-from metastop.stop.controller import StopController, sync_decision
+from metastop.stop.controller import StopController, sync_decision, Reporting
 
 TOKENS = [100.0 * i for i in range(1, 11)]
 PLATEAU = [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4, 0.4, 0.4]  # Patience(2) stops at index 4
@@ -59,8 +59,7 @@ def read_log(path) -> list[dict]:
     ({"budget": 1e9, "direction": "up"}, r"direction must be one of .*got direction='up'"),
     ({"budget": 1e9, "min_tokens": -1}, r"min_tokens must be finite and >= 0, got min_tokens=-1"),
     ({"budget": 1e9, "policy": "patience"}, r"policy must have a decide\(curve\) method"),
-    ({"budget": 1e9, "distributed": True}, r"distributed=True needs torch.distributed"),
-    ({"budget": 1e9, "distributed": "yes"}, r"distributed must be None, True or False"),
+    ({"budget": 1e9, "reporting": Reporting(distributed=True)}, r"distributed=True needs torch.distributed"),
 ])
 def test_construction_errors_raise_at_once(options, message):
     options.setdefault("policy", Patience(3))
@@ -70,11 +69,11 @@ def test_construction_errors_raise_at_once(options, message):
 
 def test_predictor_and_policy_together_is_an_error():
     with pytest.raises(ParameterError, match="either predictor .* or policy"):
-        StopController(SlopePredictor(), Patience(3), budget=1e3)
+        StopController(Patience(3), predictor=SlopePredictor(), budget=1e3)
 
 
 def test_default_policy_is_cost_aware_with_shipped_settings():
-    controller = StopController(SlopePredictor(), budget=1e3)
+    controller = StopController(predictor=SlopePredictor(), budget=1e3)
     assert isinstance(controller.policy, CostAware)
     assert controller.policy.price == DEFAULT_PRICE and controller.policy.risk == DEFAULT_RISK
 
@@ -83,7 +82,7 @@ def test_default_policy_is_cost_aware_with_shipped_settings():
 def test_stops_and_logs_one_line_per_decision(tmp_path):
     log = tmp_path / "logs" / "decisions.jsonl"
     controller = StopController(policy=Patience(2), budget=1000.0, curve_id="r1/em",
-                                run_id="r1", task="gsm8k", log_path=log)
+                                run_id="r1", task="gsm8k", reporting=Reporting(log_path=log))
     lines_seen = []
     for t, v in zip(TOKENS[:6], PLATEAU[:6]):
         controller.observe(t, v)
@@ -104,8 +103,8 @@ def test_stops_and_logs_one_line_per_decision(tmp_path):
 
 def test_log_is_appended_across_controllers(tmp_path):
     log = tmp_path / "decisions.jsonl"
-    run(StopController(policy=Patience(2), budget=1000.0, log_path=log), TOKENS[:3], PLATEAU[:3])
-    run(StopController(policy=Patience(2), budget=1000.0, log_path=log), TOKENS[:2], PLATEAU[:2])
+    run(StopController(policy=Patience(2), budget=1000.0, reporting=Reporting(log_path=log)), TOKENS[:3], PLATEAU[:3])
+    run(StopController(policy=Patience(2), budget=1000.0, reporting=Reporting(log_path=log)), TOKENS[:2], PLATEAU[:2])
     assert len(read_log(log)) == 5
 
 
@@ -123,7 +122,7 @@ def test_budget_reached_and_min_tokens():
 # --- shadow mode --------------------------------------------------------------------------
 def test_shadow_never_stops_but_logs_the_verdict(tmp_path):
     log = tmp_path / "shadow.jsonl"
-    controller = StopController(policy=Patience(2), budget=1000.0, log_path=log, shadow=True)
+    controller = StopController(policy=Patience(2), budget=1000.0, reporting=Reporting(log_path=log, shadow=True))
     decisions = run(controller)
     assert not controller.should_stop and not any(d.stop for d in decisions)
     assert [d.reason for d in decisions[:4]] == [Reason.IMPROVING] * 4
@@ -139,7 +138,7 @@ def test_shadow_never_stops_but_logs_the_verdict(tmp_path):
 # --- fail-open and bad input --------------------------------------------------------------
 def test_fail_open_when_the_predictor_raises(caplog, tmp_path):
     log = tmp_path / "d.jsonl"
-    controller = StopController(BrokenPredictor(), budget=1000.0, log_path=log)
+    controller = StopController(predictor=BrokenPredictor(), budget=1000.0, reporting=Reporting(log_path=log))
     with caplog.at_level(logging.WARNING, logger="metastop.runtime"):
         decisions = run(controller, TOKENS[:4], PLATEAU[:4])
     assert decisions[0].reason is Reason.WARMUP  # one point: the predictor is not asked
@@ -210,14 +209,14 @@ def noisy_curve(seed: int, n: int = 30):
 def test_resume_from_state_dict_makes_the_same_decisions(make_policy, shadow, tmp_path):
     tokens, values = noisy_curve(7)
     budget = float(tokens[-1] * 1.2)
-    whole = StopController(policy=make_policy(), budget=budget, shadow=shadow)
+    whole = StopController(policy=make_policy(), budget=budget, reporting=Reporting(shadow=shadow))
     expected = [d.to_dict() for d in run(whole, tokens, values)]
     assert any(d["stop"] or d["reason"] == "shadow" for d in expected)
     for cut in (1, 5, 15, 16, 22):
-        first = StopController(policy=make_policy(), budget=budget, shadow=shadow)
+        first = StopController(policy=make_policy(), budget=budget, reporting=Reporting(shadow=shadow))
         run(first, tokens[:cut], values[:cut])
         state = json.loads(json.dumps(first.state_dict()))  # plain data only
-        resumed = StopController(policy=make_policy(), budget=budget, shadow=shadow)
+        resumed = StopController(policy=make_policy(), budget=budget, reporting=Reporting(shadow=shadow))
         resumed.load_state_dict(state)
         run(resumed, tokens[cut:], values[cut:])
         assert [d.to_dict() for d in resumed.decisions] == expected, f"cut at {cut}"
@@ -253,7 +252,7 @@ def _distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             values[5] = np.nan  # a local glitch on one rank must not desynchronise the ranks
         policy = CostAware(SlopePredictor(spread=0.02), price=Price.fraction_of_budget(0.02))
         controller = StopController(policy=policy, budget=2000.0,
-                                    log_path=f"{out_dir}/log.jsonl")
+                                    reporting=Reporting(log_path=f"{out_dir}/log.jsonl"))
         decisions = [controller.observe(t, v).to_dict() for t, v in zip(tokens, values)]
         payload = {"decisions": decisions, "should_stop": controller.should_stop}
         with open(f"{out_dir}/rank{rank}.json", "w") as handle:
@@ -290,7 +289,7 @@ def test_sync_decision_without_a_process_group_is_the_identity():
 
 
 def test_default_controller_uses_the_shipped_model(tmp_path):
-    controller = StopController(budget=2e9, log_path=tmp_path / "d.jsonl")  # no predictor, no policy
+    controller = StopController(budget=2e9, reporting=Reporting(log_path=tmp_path / "d.jsonl"))  # no predictor, no policy
     assert isinstance(controller.policy, CostAware)
     steps = np.arange(1, 21)
     values = 0.6 * (1 - np.exp(-1.5 * steps)) + np.random.default_rng(0).normal(0, 0.003, 20)

@@ -165,5 +165,5 @@ def show_command(task: str, url: str | None, as_json: bool) -> None:
 def _curve_facts(curve: Any) -> dict[str, Any]:
     return {"curve_id": curve.curve_id, "run_id": curve.run_id, "task": curve.task,
             "metric": curve.metric, "direction": curve.direction, "n_points": len(curve),
-            "tokens_seen": float(curve.tokens[-1]), "budget": curve.budget,
+            "tokens_seen": curve.last_tokens, "budget": curve.budget,
             "last": float(curve.values[-1]), "best": curve.best, "meta": dict(curve.meta)}

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from ..errors import MetastopError
+from .history import history
 
 
 def library_errors(command: Callable) -> Callable:
@@ -111,7 +112,7 @@ def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
       metastop ingest runs/ --metric eval/exact_match --tokens-per-step 4096 -o curves.parquet
       metastop ingest wandb_export.csv --tokens-per-step 4096 --on-error skip -o curves.parquet
     """
-    from ..ingest.readers import read_sources
+    from ..ingest import read_sources
 
     result = read_sources(sources, on_error=on_error, metric=metric,
                           tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
@@ -606,6 +607,9 @@ def _price_text(data: dict[str, Any]) -> str:
     from ..stop.prices import Price
 
     return str(Price.from_dict(data))
+
+
+main.add_command(history)
 
 
 if __name__ == "__main__":  # pragma: no cover

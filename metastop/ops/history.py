@@ -208,10 +208,8 @@ class HistoryStore:
         rows = self._rows(curves, source)
         if not rows:
             return 0
-        for row in rows:
-          with self._guard("cannot add curves"), self._writing() as conn:
-            conn.execute(self._upsert(), [row])
-            import time; time.sleep(0.02)
+        with self._guard("cannot add curves"), self._writing() as conn:
+            conn.execute(self._upsert(), rows)
         log.info("added %d curves to history %s", len(rows), self.url)
         return len(rows)
 
@@ -304,7 +302,8 @@ class HistoryStore:
     def _check_version(self, stored: str) -> None:
         if not stored.strip().isdigit():
             raise HistoryError(f"schema_version in table {_META.name} must be a whole number, "
-                               f"got {stored!r}; this is not a metastop history store", url=self.url)
+                               f"got {stored!r}; this is not a metastop history store",
+                               url=self.url)
         if int(stored) > SCHEMA_VERSION:
             raise HistoryError(f"the store was written by schema version {int(stored)}, newer than "
                                f"this metastop's version {SCHEMA_VERSION}; upgrade metastop to "

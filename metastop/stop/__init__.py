@@ -21,7 +21,8 @@ _EXPORTS = {
     "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",
     "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
     "AllOf": "policies", "Confirmed": "policies", "DEFAULT_RISK": "policies",
-    "StopController": "controller", "sync_decision": "controller",
+    "StopController": "controller", "Reporting": "controller", "sync_decision": "controller",
+    "DecisionLog": "decisionlog", "read_logs": "decisionlog",
 }
 
 __all__ = sorted(_EXPORTS)

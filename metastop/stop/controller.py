@@ -23,13 +23,12 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
 import os
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,7 +36,9 @@ import numpy as np
 from .._checks import positive
 from ..curves import DIRECTIONS, MAXIMIZE, Curve
 from .decision import Decision, Reason
-from ..errors import ParameterError
+from ..errors import MetastopError, ParameterError
+from .decisionlog import DecisionLog, LogContext
+from .guards import budget_reached, warming_up
 from .policies import DEFAULT_RISK, CostAware, StoppingPolicy
 from .prices import DEFAULT_PRICE
 
@@ -45,68 +46,101 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _SCALE_RATIO = 10.0  # a 0-100 value is at least this many times the 0-1 values before it
+_MAX_OVERSHOOT = 10.0  # tokens beyond this many budgets are a bogus count, not progress
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """Where a controller's decisions go, and whether they act.
+
+    Attributes:
+        log_path: JSONL decision log, appended to; ``None`` for no log.
+        shadow: decide and log, but never stop the run.
+        distributed: ``None`` syncs through ``torch.distributed`` when it is initialized;
+            ``True`` requires it; ``False`` never syncs.
+        model_version: recorded on every log line (default: the policy's predictor's).
+    """
+
+    log_path: str | os.PathLike | None = None
+    shadow: bool = False
+    distributed: bool | None = None
+    model_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.distributed not in (None, True, False):
+            raise ParameterError(f"distributed must be None, True or False, got "
+                                 f"distributed={self.distributed!r}")
+        if not isinstance(self.shadow, bool):
+            raise ParameterError(f"shadow must be True or False, got shadow={self.shadow!r}")
 
 
 class StopController:
     """Feeds a run's evaluations to a stopping policy and keeps the stop flag.
 
+    The only way a Decision is made at run time: the budget and warm-up guards
+    (``metastop.stop.guards``) come first, then the policy; every adapter drives one of these.
+
     Args:
-        predictor: the predictor for the default policy (``CostAware`` with ``DEFAULT_PRICE``
-            and ``DEFAULT_RISK``); ``None`` loads the shipped default model. Ignored when
-            ``policy`` is given (passing both is an error).
-        policy: any ``StoppingPolicy``; ``None`` means the default policy above.
+        policy: any ``StoppingPolicy``; ``None`` means ``CostAware`` with ``DEFAULT_PRICE`` and
+            ``DEFAULT_RISK`` on ``predictor`` (``None``: the shipped model).
         budget: the run's planned total tokens (> 0).
-        min_tokens: never stop before this many tokens (the policy is not asked).
         direction: ``maximize`` (accuracy, EM) or ``minimize`` (loss).
-        curve_id, run_id, task: recorded on the curve and in every log line.
-        log_path: JSONL decision log, appended to; ``None`` for no log.
-        shadow: decide and log, but never stop the run.
-        distributed: ``None`` (default) syncs through ``torch.distributed`` when it is
-            initialized; ``True`` requires it; ``False`` never syncs.
+        task: the task, recorded on the curve and in the log (its price applies).
+        run_id, curve_id: recorded on the curve and in every log line.
+        min_tokens: never stop before this many tokens (the policy is not asked).
+        reporting: the decision log, shadow mode and distributed sync (``Reporting``).
+        predictor: the predictor of the default policy (an error together with ``policy``).
 
     Example:
-        >>> ctl = StopController(budget=8e9, task="gsm8k", log_path="decisions.jsonl")  # doctest: +SKIP
+        >>> ctl = StopController(budget=8e9, task="gsm8k",
+        ...                      reporting=Reporting(log_path="decisions.jsonl"))  # doctest: +SKIP
         >>> if ctl.observe(tokens_seen, em).stop:  # doctest: +SKIP
         ...     break
     """
 
-    def __init__(self, predictor: Any = None, policy: StoppingPolicy | None = None, *,
-                 budget: float, min_tokens: float = 0.0, direction: str = MAXIMIZE,
-                 curve_id: str = "run", run_id: str | None = None, task: str | None = None,
-                 log_path: str | os.PathLike | None = None, shadow: bool = False,
-                 distributed: bool | None = None):
+    def __init__(self, policy: StoppingPolicy | None = None, *, budget: float,
+                 direction: str = MAXIMIZE, task: str | None = None, run_id: str | None = None,
+                 curve_id: str = "run", min_tokens: float = 0.0,
+                 reporting: Reporting | None = None, predictor: Any = None):
         self.budget = positive("budget", budget)
         self.min_tokens = positive("min_tokens", min_tokens, allow_zero=True)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got direction={direction!r}")
-        if predictor is not None and policy is not None:
-            raise ParameterError("pass either predictor (for the default CostAware policy) or "
-                                 "policy (which carries its own predictor), not both")
-        if policy is not None and not callable(getattr(policy, "decide", None)):
-            raise ParameterError(f"policy must have a decide(curve) method, got policy={policy!r}")
-        if distributed not in (None, True, False):
-            raise ParameterError(f"distributed must be None, True or False, got distributed={distributed!r}")
+        _check_policy(policy, predictor)
+        self.reporting = reporting if reporting is not None else Reporting()
+        if not isinstance(self.reporting, Reporting):
+            raise ParameterError(f"reporting must be a Reporting, got reporting={reporting!r}")
         self.direction = direction
-        self.curve_id, self.run_id, self.task = str(curve_id), run_id, task
-        self.log_path = None if log_path is None else Path(log_path)
-        self.shadow = bool(shadow)
-        self.distributed = distributed
+        self.curve_id, self.run_id, self.task = str(curve_id), _id(run_id), _id(task)
         self.policy = policy if policy is not None else default_policy(predictor)
+        self.log = self._decision_log()
         self._tokens: list[float] = []
         self._values: list[float] = []
         self.decisions: list[Decision] = []
         self._stopped = False
         self._would_stop_at: float | None = None
-        if distributed is True and not _dist_ready():
+        if self.reporting.distributed is True and not _dist_ready():
             raise ParameterError("distributed=True needs torch.distributed to be initialized "
                                  "(call torch.distributed.init_process_group first)")
 
+    @property
+    def shadow(self) -> bool:
+        return self.reporting.shadow
+
     # --- the loop-facing API ------------------------------------------------------------
     def observe(self, tokens: float, value: float) -> Decision:
-        """Record one evaluation and return the decision. Never raises on bad input."""
-        local = self._decide(tokens, value)
-        decision = sync_decision(local) if self._syncing() else local
-        return self._record(decision)
+        """Record one evaluation and return the decision. Never raises, whatever the input."""
+        try:
+            repeated = self._repeated(tokens, value)
+            if repeated is not None:
+                return repeated
+            local = self._decide(tokens, value)
+            decision = sync_decision(local) if self._syncing() else local
+            return self._record(decision)
+        except Exception as error:  # the promise: never crash a training run
+            logger.warning("metastop failed to decide, training continues: %s: %s",
+                           type(error).__name__, error, exc_info=True)
+            return _failed(tokens, value, error)
 
     @property
     def should_stop(self) -> bool:
@@ -136,22 +170,17 @@ class StopController:
                 "curve_id": self.curve_id}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from ``state_dict`` output; missing keys keep their fresh-run values."""
-        tokens = [float(t) for t in state.get("tokens", [])]
-        values = [float(v) for v in state.get("values", [])]
-        if len(tokens) != len(values):
-            raise ParameterError(f"state has {len(tokens)} tokens but {len(values)} values")
-        if tokens:
-            Curve(self.curve_id, tokens, values, direction=self.direction,
-                  budget=max(self.budget, tokens[-1]))
-        self._tokens, self._values = tokens, values
-        self.decisions = [Decision.from_dict(d) for d in state.get("decisions", [])]
-        self._stopped = bool(state.get("stopped", False))
-        would = state.get("would_stop_at")
-        self._would_stop_at = None if would is None else float(would)
-        if "budget" in state and float(state["budget"]) != self.budget:
+        """Restore from ``state_dict`` output; missing keys keep their fresh-run values.
+
+        Everything is validated before anything changes: a bad state raises
+        ``ParameterError`` naming the key and leaves the controller as it was.
+        """
+        restored = _restored_state(state, self)
+        self._tokens, self._values, self.decisions, self._stopped, self._would_stop_at = restored
+        budget = state.get("budget")
+        if isinstance(budget, (int, float)) and float(budget) != self.budget:
             logger.warning("resumed state was saved with budget %g, this controller has %g",
-                           float(state["budget"]), self.budget)
+                           float(budget), self.budget)
 
     # --- deciding -----------------------------------------------------------------------
     def _decide(self, tokens: Any, value: Any) -> Decision:
@@ -159,31 +188,37 @@ class StopController:
         if problem is not None:
             logger.warning("%s", problem.message)
             return problem
-        self._tokens.append(float(tokens))
-        self._values.append(float(value))
+        self._tokens.append(_as_float(tokens))
+        self._values.append(_as_float(value))
         curve = self._curve()
         if self._syncing() and _rank() != 0:
             return self._plain(curve, False, Reason.CONTINUE_WORTH_IT, "awaiting rank 0's decision")
-        if curve.last_tokens >= self.budget:
-            return self._plain(curve, True, Reason.BUDGET_REACHED,
-                               f"stop: budget of {self.budget:.1e} tokens reached")
-        if curve.last_tokens < self.min_tokens:
-            return self._plain(curve, False, Reason.WARMUP,
-                               f"warm-up: {curve.last_tokens:.1e} of {self.min_tokens:.1e} tokens")
-        return self._ask_policy(curve)
+        name = _policy_name(self.policy)
+        guarded = (budget_reached(curve, policy=name)
+                   or warming_up(curve, min_tokens=self.min_tokens, policy=name))
+        return guarded if guarded is not None else self._ask_policy(curve)
 
     def _ask_policy(self, curve: Curve) -> Decision:
         try:
             decision = self.policy.decide(curve)
             if not isinstance(decision, Decision):
                 raise TypeError(f"policy returned {type(decision).__name__}, not a Decision")
-            return decision
+            return _checked(decision)
         except Exception as error:  # fail-open: a broken model must not end a training run
             logger.warning("policy %s failed at %g tokens, training continues: %s: %s",
                            _policy_name(self.policy), curve.last_tokens, type(error).__name__,
                            error, exc_info=True)
             return self._plain(curve, False, Reason.PREDICTOR_ERROR,
                                f"continue: prediction failed ({type(error).__name__}: {error})")
+
+    def _repeated(self, tokens: Any, value: Any) -> Decision | None:
+        """The last decision again when the same evaluation arrives twice (a resumed run
+        re-evaluates its checkpoint): neither kept nor logged a second time."""
+        if not self._tokens or not self.decisions:
+            return None
+        if _as_float(tokens) == self._tokens[-1] and _as_float(value) == self._values[-1]:
+            return self.decisions[-1]
+        return None
 
     def _check_input(self, tokens: Any, value: Any) -> Decision | None:
         t, v = _as_float(tokens), _as_float(value)
@@ -193,14 +228,20 @@ class StopController:
                             best=self._best_value(), policy=_policy_name(self.policy))
 
         if not math.isfinite(t) or t < 0:
-            return bad(Reason.BAD_INPUT, f"ignored: tokens must be a finite number >= 0, got {tokens!r}")
+            return bad(Reason.BAD_INPUT, f"ignored: tokens must be a finite number >= 0, "
+                                         f"got {_short(tokens)}")
         if not math.isfinite(v):
-            return bad(Reason.NON_FINITE, f"ignored: value is not finite ({value!r}) at {t:g} "
-                                          f"tokens; training continues, the point is not kept")
+            return bad(Reason.NON_FINITE, f"ignored: value is not finite "
+                                          f"({_short(value)}) at {t:g} tokens; training "
+                                          f"continues, the point is not kept")
         if self._tokens and t <= self._tokens[-1]:
             kind = "repeated" if t == self._tokens[-1] else "went backwards"
             return bad(Reason.BAD_INPUT, f"ignored: tokens {kind} ({self._tokens[-1]:g} then {t:g}); "
                                          f"pass cumulative training tokens")
+        if t > _MAX_OVERSHOOT * self.budget:
+            return bad(Reason.BAD_INPUT, f"ignored: {t:g} tokens is more than {_MAX_OVERSHOOT:g} "
+                                         f"times the budget ({self.budget:g}); a bogus count "
+                                         f"is not trusted")
         if self._wrong_scale(v):
             return bad(Reason.BAD_INPUT, f"ignored: value {v:g} looks like a 0-100 score but the "
                                          f"earlier values are within 0-1; divide it by 100")
@@ -228,21 +269,20 @@ class StopController:
         acted = decision.stop and not self.shadow
         self._stopped = self._stopped or acted
         self.decisions.append(decision)
-        if self.log_path is not None and (not self._syncing() or _rank() == 0):
-            self._log(verdict, acted)
+        if self.log is not None and (not self._syncing() or _rank() == 0):
+            self.log.write(verdict, acted=acted)
         return decision
 
-    def _log(self, verdict: Decision, acted: bool) -> None:
-        record = {**verdict.to_dict(), "curve_id": self.curve_id, "run_id": self.run_id,
-                  "task": self.task, "budget": self.budget, "shadow": self.shadow,
-                  "acted": acted, "time": _dt.datetime.now(_dt.timezone.utc).isoformat()}
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-        except OSError as error:
-            logger.warning("cannot write decision log %s: %s", self.log_path, error)
+    def _decision_log(self) -> DecisionLog | None:
+        if self.reporting.log_path is None:
+            return None
+        version = self.reporting.model_version or _model_version(self.policy)
+        context = LogContext(run_id=self.run_id, curve_id=self.curve_id, task=self.task,
+                             direction=self.direction, budget=self.budget,
+                             policy=_policy_name(self.policy),
+                             params=getattr(self.policy, "params", {}), model_version=version,
+                             shadow=self.shadow)
+        return DecisionLog(self.reporting.log_path, context)
 
     # --- helpers ------------------------------------------------------------------------
     def _best_value(self) -> float:
@@ -261,7 +301,7 @@ class StopController:
                         policy=_policy_name(self.policy))
 
     def _syncing(self) -> bool:
-        return self.distributed is not False and _dist_ready()
+        return self.reporting.distributed is not False and _dist_ready()
 
     def __repr__(self) -> str:
         return (f"StopController({_policy_name(self.policy)}, budget={self.budget:g}, "
@@ -325,7 +365,91 @@ def _policy_name(policy: Any) -> str:
 
 
 def _as_float(x: Any) -> float:
+    """``float(x)``, or NaN for anything that is not a number (whatever its ``__float__`` does)."""
+    if isinstance(x, (bool, str, bytes)):
+        return math.nan
     try:
         return float(x)
-    except (TypeError, ValueError):
+    except Exception:  # an object's __float__ can raise anything (a meta tensor, 10**400)
         return math.nan
+
+
+def _short(x: Any) -> str:
+    try:
+        text = repr(x)
+    except Exception:  # a broken __repr__ must not break the message about it
+        text = f"<{type(x).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _id(x: Any) -> str | None:
+    return None if x is None else str(x)
+
+
+def _check_policy(policy: Any, predictor: Any) -> None:
+    if predictor is not None and policy is not None:
+        raise ParameterError("pass either predictor (for the default CostAware policy) or "
+                             "policy (which carries its own predictor), not both")
+    if policy is not None and not callable(getattr(policy, "decide", None)):
+        raise ParameterError(f"policy must have a decide(curve) method, got policy={policy!r}")
+
+
+def _checked(decision: Decision) -> Decision:
+    """A policy's decision with its fields made plain (bools and floats), or ``TypeError``."""
+    if not isinstance(decision.reason, Reason):
+        raise TypeError(f"policy returned a Decision whose reason is {decision.reason!r}, "
+                        f"not a Reason")
+    floats = {k: _as_float(getattr(decision, k)) for k in ("tokens", "value", "best")}
+    return decision.replace(stop=bool(decision.stop), message=str(decision.message), **floats)
+
+
+def _failed(tokens: Any, value: Any, error: BaseException) -> Decision:
+    return Decision(stop=False, reason=Reason.PREDICTOR_ERROR,
+                    message=f"continue: metastop failed ({type(error).__name__}: {error})",
+                    tokens=_as_float(tokens), value=_as_float(value), best=math.nan)
+
+
+def _model_version(policy: Any) -> str | None:
+    version = getattr(getattr(policy, "predictor", None), "version", None)
+    return version if isinstance(version, str) else None
+
+
+def _restored_state(state: Any, ctl: StopController) -> tuple:
+    """The validated parts of a ``state_dict``, or ``ParameterError`` naming the bad key."""
+    if not isinstance(state, Mapping):
+        raise ParameterError(f"state must be a mapping from state_dict(), got {type(state).__name__}")
+    version = state.get("version", STATE_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
+        raise ParameterError(f"state 'version' must be an integer from 1 to {STATE_VERSION} "
+                             f"(this metastop's), got {_short(version)}")
+    tokens, values = (_float_list(state.get(key, []), key) for key in ("tokens", "values"))
+    if len(tokens) != len(values):
+        raise ParameterError(f"state has {len(tokens)} tokens but {len(values)} values")
+    if tokens:
+        try:
+            Curve(ctl.curve_id, tokens, values, direction=ctl.direction,
+                  budget=max(ctl.budget, tokens[-1]))
+        except MetastopError as error:
+            raise ParameterError(f"state 'tokens'/'values' are not a valid curve: {error}") from None
+    decisions = state.get("decisions", [])
+    if not isinstance(decisions, list):
+        raise ParameterError(f"state 'decisions' must be a list, got {type(decisions).__name__}")
+    try:
+        restored = [Decision.from_dict(d) for d in decisions]
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise ParameterError(f"state 'decisions' holds a bad decision: {error}") from None
+    stopped, would = state.get("stopped", False), state.get("would_stop_at")
+    if not isinstance(stopped, bool):
+        raise ParameterError(f"state 'stopped' must be true or false, got {_short(stopped)}")
+    if would is not None and not math.isfinite(_as_float(would)):
+        raise ParameterError(f"state 'would_stop_at' must be a number or null, got {_short(would)}")
+    return tokens, values, restored, stopped, None if would is None else float(would)
+
+
+def _float_list(items: Any, key: str) -> list[float]:
+    if not isinstance(items, list):
+        raise ParameterError(f"state {key!r} must be a list of numbers, got {type(items).__name__}")
+    numbers = [_as_float(x) for x in items]
+    if not all(math.isfinite(x) for x in numbers):
+        raise ParameterError(f"state {key!r} must hold finite numbers only")
+    return numbers

@@ -70,6 +70,15 @@ class Decision:
         return cls(**{k: (math.nan if v is None and k in _NAN_IF_MISSING else v)
                       for k, v in fields.items() if k in known})
 
+    @property
+    def early_stop(self) -> bool:
+        """A stop before the budget ran out: what a pruner acts on and what stopping saves.
+
+        ``BUDGET_REACHED`` also says stop, but the run is finishing anyway; pruning it would
+        throw away a complete result.
+        """
+        return self.stop and self.reason is not Reason.BUDGET_REACHED
+
     def replace(self, **changes: Any) -> Decision:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

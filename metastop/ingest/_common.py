@@ -1,0 +1,174 @@
+"""Helpers shared by the readers: tables from disk, metric names and scales, token axes.
+
+Every log reader builds the long-table rows of its curves with ``_curve_frame`` and
+validates them together with ``_validated``, so errors name the file, the curve and the row
+*of the file*; ``metric_direction`` and ``_rescale`` decide direction and 0-100 scores once
+for every format.
+
+Example:
+    >>> metric_direction("eval_loss")
+    'minimize'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..curves import MAXIMIZE, MINIMIZE, CurveSet, is_bounded_metric
+from ..errors import CurveError, ParameterError, ReadError
+
+STEP_COLUMNS = ("step", "_step", "Step", "global_step", "trainer/global_step")
+_MINIMIZE_HINTS = ("loss", "perplexity", "ppl", "error", "wer", "cer", "mse", "mae", "rmse")
+_FORMAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+                  RecursionError, UnicodeDecodeError, pd.errors.ParserError)
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv,
+               ".jsonl": lambda p: pd.read_json(p, lines=True)}
+    if path.suffix not in readers:
+        raise ReadError(f"file {path}: tables must end in one of {sorted(readers)}")
+    try:
+        frame = readers[path.suffix](path)
+    except _FORMAT_ERRORS as error:
+        raise ReadError(f"file {path}: cannot be read as {path.suffix[1:]} "
+                        f"({type(error).__name__}: {_short(error)})") from None
+    except Exception as error:  # pyarrow raises its own hierarchy on truncated files
+        if not type(error).__module__.startswith("pyarrow"):
+            raise
+        raise ReadError(f"file {path}: cannot be read as {path.suffix[1:]} "
+                        f"({type(error).__name__}: {_short(error)})") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise ReadError(f"file {path}: holds no table")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- shared by the log readers ----------------------------------------------------------
+def metric_direction(name: str) -> str:
+    """``minimize`` for loss-like metric names (loss, perplexity, error rates), else ``maximize``."""
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    return MINIMIZE if words & set(_MINIMIZE_HINTS) or "loss" in name.lower() else MAXIMIZE
+
+
+def _metric_name(key: str) -> str:
+    """``eval_exact_match`` / ``eval/exact_match`` -> ``exact_match``."""
+    return re.sub(r"^(eval|test|validation|val)[_/]", "", key.rsplit(" - ", 1)[-1])
+
+
+def _rescale(values: np.ndarray, metric: str, scale: float | None, *, source: str,
+             curve: str, rows: Sequence[int]) -> tuple[np.ndarray, float | None]:
+    """Bring a bounded metric logged on 0-100 to 0-1. Returns (values, original scale or None).
+
+    ``scale=None`` detects it: a bounded metric with a value above 1 was logged on 0-100
+    (as the Hugging Face SQuAD metric does). Pass ``scale=1`` or ``scale=100`` when a
+    curve on 0-100 never rises above 1.
+    """
+    if scale is not None and scale not in (1, 100):
+        raise ParameterError(f"scale must be 1, 100 or None (detect), got scale={scale!r}")
+    if not is_bounded_metric(metric) or scale == 1:
+        return values, None
+    finite = np.where(np.isfinite(values), values, 0.0)
+    if scale is None and not (finite > 1.0).any():
+        return values, None
+    over = np.flatnonzero(np.abs(finite) > 100.0 + 1e-9)
+    if over.size:
+        raise CurveError(f"{metric} looks like a 0-100 score but "
+                         f"{float(values[over[0]])!r} is above 100",
+                         source=source, curve=curve, row=int(rows[over[0]]))
+    return values / 100.0, 100.0
+
+
+def _tokens_from_steps(steps: np.ndarray, tokens_per_step: float | None, *, source: str,
+                       where: str) -> np.ndarray:
+    if tokens_per_step is None:
+        raise CurveError(f"{where} has steps but no token counts: pass tokens_per_step= "
+                         f"(--tokens-per-step) so that tokens = step x tokens_per_step",
+                         source=source)
+    _check_tokens_per_step(tokens_per_step)
+    return steps * float(tokens_per_step)
+
+
+def _check_tokens_per_step(tokens_per_step: float | None) -> None:
+    if tokens_per_step is None:
+        return
+    if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, (int, float)) \
+            or not np.isfinite(tokens_per_step) or tokens_per_step <= 0:
+        raise ParameterError(f"tokens_per_step must be a finite number > 0, "
+                             f"got tokens_per_step={tokens_per_step!r}")
+
+
+def _curve_frame(*, curve_id: str, run_id: str, metric_key: str, tokens: np.ndarray,
+                 values: np.ndarray, steps: np.ndarray, scale: float | None,
+                 budget: float | None = None) -> pd.DataFrame:
+    """The long-table rows of one curve read from a log."""
+    frame = pd.DataFrame({"curve_id": curve_id, "run_id": run_id,
+                          "metric": _metric_name(metric_key),
+                          "direction": metric_direction(metric_key),
+                          "tokens": tokens, "value": values, "step": steps,
+                          "source_metric": metric_key})
+    if budget is not None:
+        frame["budget"] = budget
+    if scale is not None:
+        frame["scale_original"] = scale
+    return frame
+
+
+def _as_float(value: Any) -> float:
+    """A logged number as float; NaN for anything that is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def _run_name(path: Path) -> str:
+    """The run a log belongs to: its directory, skipping ``checkpoint-*`` folders."""
+    parent = path if path.is_dir() else path.parent
+    while parent.name.startswith("checkpoint-") and parent.parent != parent:
+        parent = parent.parent
+    return parent.resolve().name or "run"
+
+
+def _each(read_one: Any, items: Iterable[Any], on_error: str) -> list:
+    """``read_one(item)`` for each item; with ``skip`` a ``CurveError`` drops that item and
+    its message is kept (as a ``str``) in the returned list instead of a result."""
+    results: list = []
+    for item in items:
+        try:
+            results.append(read_one(item))
+        except CurveError as error:
+            if on_error != "skip":
+                raise
+            results.append(str(error))
+    return results
+
+
+def _validated(parts: list, *, source: str, on_error: str) -> CurveSet:
+    """Validate the ``(frame, rows)`` parts of one file together; keep the skipped reasons."""
+    problems = [p for p in parts if isinstance(p, str)]
+    parts = [p for p in parts if not isinstance(p, str)]
+    if not parts:
+        raise CurveError(f"no valid curve left after skipping {len(problems)} bad ones; "
+                         f"first problem: {problems[0] if problems else 'none'}", source=source)
+    frame = pd.concat([f for f, _ in parts], ignore_index=True)
+    rows = np.concatenate([r for _, r in parts])
+    curves = CurveSet.from_frame(frame, source=source, on_error=on_error, rows=rows)
+    curves.dropped.extend(problems)
+    return curves
+
+
+def _step_column(frame: pd.DataFrame) -> str | None:
+    return next((c for c in STEP_COLUMNS if c in frame.columns), None)
