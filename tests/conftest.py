@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -26,17 +25,21 @@ def cost_aware(predictor: Predictor, tokens_per_point: float) -> CostAware:
     return CostAware(predictor, price=Price.tokens(tokens_per_point))
 
 
+PAUSE = Path(__file__).resolve().parent / "_pause.py"
+
+
 def start_paused(code: str, phase: str, args: list[str], marker: Path,
                  timeout: float = 180.0) -> subprocess.Popen:
-    """Run ``code`` in a child Python that pauses at ``phase`` (``registry.pause_point``);
-    return once it is there, so a test can kill it at exactly that moment."""
-    env = {**os.environ, "METASTOP_PAUSE_AT": phase, "METASTOP_PAUSE_FILE": str(marker)}
-    child = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
-                             cwd=Path(__file__).resolve().parent.parent, stderr=subprocess.PIPE)
+    """Run ``code`` in a child Python that pauses at ``phase`` (a moment ``tests/_pause.py``
+    injects by wrapping a library function); return once it is there, so a test can kill it
+    at exactly that moment."""
+    child = subprocess.Popen([sys.executable, str(PAUSE), phase, str(marker), "--", "-c", code,
+                              *args], cwd=PAUSE.parent.parent, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if child.poll() is not None:
-            raise AssertionError(f"child ended before {phase}: {child.stderr.read().decode()[-2000:]}")
+            raise AssertionError(f"child ended before {phase}: "
+                                 f"{child.stderr.read().decode()[-2000:]}")
         if time.monotonic() > deadline:
             child.kill()
             raise AssertionError(f"child never reached {phase}")

@@ -8,8 +8,8 @@ import pytest
 
 from metastop.errors import ParameterError, ReadError
 from metastop.ops.governor import (DEFAULT_TASK, Governor, PriceChange, ShadowOutcome,
-                               mean_interval, mean_upper_bound, read_decision_logs,
-                               shadow_outcome)
+                                   mean_interval, mean_upper_bound, shadow_outcome)
+from metastop.stop.decisionlog import run_from_records
 from metastop.stop.prices import Price, PriceBook
 
 BOOK = PriceBook(Price.fraction_of_budget(0.05), tasks={"gsm8k": Price.tokens(1e8)})
@@ -24,7 +24,9 @@ def log_lines(values, *, stop_at=None, run="r1", task="arc", budget=100.0, shado
     lines, top = [], -1e9
     for i, v in enumerate(values):
         top = max(top, v)
-        line = {"tokens": 10.0 * (i + 1), "value": v, "stop": stop_at is not None and i >= stop_at,
+        stop = stop_at is not None and i >= stop_at
+        line = {"tokens": 10.0 * (i + 1), "value": v, "stop": stop,
+                "reason": "gain_below_cost" if stop else "continue_worth_it",
                 "run_id": run, "curve_id": f"{run}/em", "task": task, "budget": budget,
                 "shadow": shadow, "acted": False, "time": 1000.0 + i}
         if best:
@@ -56,7 +58,7 @@ def test_assign_shadow_edges(fraction, expected):
     ([0.1, 0.2, 0.3, 0.31], 0, 21.0, 0.3, 10.0),     # stops at the first point
 ])
 def test_shadow_outcome_table(values, stop_at, loss, saved, stop_tokens):
-    got = shadow_outcome(log_lines(values, stop_at=stop_at))
+    got = shadow_outcome(run_from_records(log_lines(values, stop_at=stop_at)))
     assert got.em_loss == pytest.approx(loss)
     assert got.tokens_saved == pytest.approx(saved)
     assert got.stop_tokens == stop_tokens
@@ -68,32 +70,13 @@ def test_shadow_outcome_without_best_uses_values_and_direction():
     lines = log_lines([3.0, 2.5, 2.0, 1.0], stop_at=1, best=False)
     for line in lines:
         line["direction"] = "minimize"
-    assert shadow_outcome(lines).em_loss == pytest.approx(150.0)
+    assert shadow_outcome(run_from_records(lines)).em_loss == pytest.approx(150.0)
 
 
-def test_shadow_outcome_rejects_empty_and_non_finite():
-    with pytest.raises(ParameterError, match="got none"):
-        shadow_outcome([])
-    lines = [{"tokens": 1.0, "value": None, "best": None}]
-    with pytest.raises(ParameterError, match="no finite 'best' or 'value'"):
-        shadow_outcome(lines)
-
-
-def test_read_decision_logs_groups_runs_and_reports_bad_lines(tmp_path):
-    folder = tmp_path / "logs"
-    folder.mkdir()
-    a = log_lines([0.1, 0.2], run="a")
-    b = log_lines([0.3], run="b")
-    (folder / "a.jsonl").write_text("\n".join(json.dumps(x) for x in a + b) + "\n{\"tokens\": 3")
-    (folder / "c.jsonl").write_text(json.dumps({"tokens": "x"}) + "\n[1]\n")
-    skipped: list[str] = []
-    runs = read_decision_logs(folder, skipped=skipped)
-    assert sorted(runs) == ["a", "b"] and len(runs["a"]) == 2
-    assert len(skipped) == 3
-    assert "a.jsonl:4: not JSON" in skipped[0]
-    assert "c.jsonl:1: tokens must be a finite number" in skipped[1]
-    with pytest.raises(ReadError, match="does not exist"):
-        read_decision_logs(tmp_path / "missing.jsonl")
+def test_shadow_outcome_rejects_a_run_without_a_finite_value():
+    lines = [{"tokens": 1.0, "value": None, "best": None, "reason": "continue_worth_it"}]
+    with pytest.raises(ParameterError, match="no finite value"):
+        shadow_outcome(run_from_records(lines))
 
 
 def test_record_log_counts_only_shadow_runs_once(tmp_path):

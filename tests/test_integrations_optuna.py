@@ -71,7 +71,8 @@ def test_non_finite_values_are_skipped_and_no_values_never_prunes():
     trial.report(0.5, 0)
     trial.report(math.nan, 1)
     assert pruner.prune(study, study.trials[-1]) is False
-    assert pruner.decisions[trial.number].tokens == 0.0
+    assert pruner.decisions[trial.number].reason.value == "non_finite"
+    assert len(pruner.controllers[trial.number].curve) == 1  # the NaN is not kept
 
 
 def test_bad_arguments_are_rejected():

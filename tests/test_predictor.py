@@ -9,8 +9,11 @@ from metastop.curves.paths import shared_corpus
 from metastop.curves import Curve, CurveSet
 from metastop.errors import ModelError, NotFittedError, ParameterError
 from metastop.predict.features import FEATURE_VERSION
-from metastop.predict.model import (MANIFEST, N_CELLS, PRIOR_METRIC_CURVES, Predictor,
-                                _apply_conformal, _cell, _conformal_offsets, default_horizons)
+from metastop.predict.calibration import _apply_conformal, _conformal_offsets
+from metastop.predict.kinds import N_CELLS, _cell
+from metastop.predict.manifest import MANIFEST
+from metastop.predict.model import Predictor, default_horizons
+from metastop.predict.prior import PRIOR_METRIC_CURVES
 from metastop.predict.prediction import Prediction
 from metastop.curves.splits import holdout_group, is_held_out, split_holdout
 from metastop.ingest import read_curves
@@ -303,7 +306,7 @@ def test_shipped_default_model_loads_and_was_not_trained_on_held_out_groups():
 
 
 def test_best_target_trains_on_the_running_best(curves):
-    from metastop.predict.model import _training_rows
+    from metastop.predict.rows import _training_rows
 
     usable = [c for c in curves if len(c) >= 3][:40]
     calibration = np.zeros(len(usable), dtype=bool)

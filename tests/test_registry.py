@@ -205,6 +205,23 @@ def test_sigkill_during_promotion_leaves_the_champion(registry, saved_models, tm
     assert fresh.champion_name() == "after" and fresh.rollback() == "v1"
 
 
+def test_the_pause_is_injected_by_the_tests_not_held_by_production_code(tmp_path):
+    sources = "".join(p.read_text() for p in (ROOT / "metastop").rglob("*.py"))
+    assert "pause_point" not in sources and "METASTOP_PAUSE" not in sources
+    child = subprocess.run([sys.executable, str(ROOT / "tests" / "_pause.py"), "registry.nowhere",
+                            str(tmp_path / "marker"), "--", "-c", "pass"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert child.returncode != 0 and "unknown phase 'registry.nowhere'" in child.stderr
+
+
+def test_registry_checks_model_folders_by_the_predictor_manifest_rules():
+    from metastop.ops import registry as module
+    from metastop.predict import manifest
+
+    assert module.read_manifest is manifest.read_manifest
+    assert module.verify_checksums is manifest.verify_checksums
+
+
 def test_predictor_load_serves_the_registry_champion(registry, saved_models, monkeypatch):
     monkeypatch.setenv("METASTOP_MODELS", str(registry.root))
     assert Predictor.load().get_params() == Predictor.load(saved_models[0]).get_params()

@@ -28,14 +28,17 @@ from metastop.predict.model import Predictor
 from metastop.stop.prices import Price, PriceBook
 from metastop.ops.registry import Registry, folder_digest
 from metastop.ops.report import fleet_report
-from metastop.ops.retrain import (Evaluation, gather_curves, heldout_mae, promotion_verdict,
-                              retrain, train_predictor)
+from metastop.ops.gather import gather_curves
+from metastop.ops.recipe import Recipe, TrainingSet
+from metastop.ops.retrain import (Evaluation, heldout_mae, promotion_verdict, retrain,
+                                  train_predictor)
 from metastop.stop.controller import StopController, Reporting
 from metastop.curves.splits import split_holdout
 
 PYTHIA = shared_corpus("pythia_evals.parquet")
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = {"n_estimators": 40, "num_leaves": 15, "min_child_samples": 20, "num_threads": 1}
+LOCAL = Recipe(corpora=(), params=PARAMS)  # only the curves a test gives, small boosters
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +112,7 @@ def test_gather_skips_bad_inputs_and_duplicates(tmp_path, weak_model):
     assert "bad.csv (curve 'short'): only 2 points" in skipped
     assert "curve 'back'" in skipped and "tokens must strictly increase" in skipped
     assert f"curve {curves[11].curve_id!r}): stopped by the controller" in skipped
-    assert "1 line(s) not JSON" in skipped
+    assert "1 line(s) not decision records" in skipped
     duplicates = "\n".join(map(str, gathered.duplicates))
     assert duplicates.count("duplicate curve_id") == 10
     assert duplicates.count("same points as curve") == 2
@@ -152,10 +155,11 @@ def test_promotion_rule(champion, challenger, force, promote, words):
 RETRAIN = """
 import sys
 from metastop.ops.registry import Registry
+from metastop.ops.recipe import Recipe
 from metastop.ops.retrain import retrain
-from metastop.ingest import read_curves
+params = {"n_estimators": 10, "num_leaves": 7, "min_child_samples": 10, "num_threads": 1}
 retrain([sys.argv[2]], registry=Registry(sys.argv[1]), out=sys.argv[3], force=True,
-        params={"n_estimators": 10, "num_leaves": 7, "min_child_samples": 10, "num_threads": 1})
+        recipe=Recipe(corpora=(), params=params))
 """
 
 
@@ -188,10 +192,11 @@ def test_dask_training_matches_single_machine(tmp_path):
 
     train, test = split_holdout(CurveSet.concat(pythia(t) for t in DASK_TASKS))
     params = {**PARAMS, "n_estimators": 60}
-    local = [train_predictor(train, params={**params, "random_state": s}) for s in (0, 1)]
+    training = TrainingSet(train, np.ones(len(train)), CurveSet(), ())
+    local = [train_predictor(training, params={**params, "random_state": s}) for s in (0, 1)]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        dask = [train_predictor(train, params={**params, "random_state": s},
+        dask = [train_predictor(training, params={**params, "random_state": s},
                                 dask_scheduler=cluster.scheduler_address) for s in (0, 1)]
     reloaded = Predictor.load(dask[0].save(tmp_path / "dask"))
     assert type(reloaded) is Predictor
@@ -242,7 +247,7 @@ def test_fleet_end_to_end(registry, tmp_path):
     # retrain on the fleet's finished runs plus more curves: a better model is promoted
     extra = write_table(list(pythia("sciq")) + list(pythia("piqa")), tmp_path / "extra.parquet")
     before = registry.champion_name()
-    first = retrain([extra], runs_dir=logs, registry=registry, out=tmp_path / "r1")
+    first = retrain([extra], runs_dir=logs, recipe=LOCAL, registry=registry, out=tmp_path / "r1")
     ev_champ, ev_chall = first.champion["evaluation"], first.challenger["evaluation"]
     print(f"retrain 1: {first.verdict.reason}")
     assert first.verdict.promote and not first.verdict.forced
@@ -258,7 +263,7 @@ def test_fleet_end_to_end(registry, tmp_path):
     train, test = split_holdout(gathered.curves)
     small = write_table(list(test) + list(train)[:12], tmp_path / "small.parquet")
     promoted = folder_digest(registry.champion())
-    second = retrain([small], registry=registry, out=tmp_path / "r2")
+    second = retrain([small], recipe=LOCAL, registry=registry, out=tmp_path / "r2")
     print(f"retrain 2: {second.verdict.reason}")
     assert second.data["n_held_out"] == first.data["n_held_out"]
     assert not second.verdict.promote and second.promoted_as is None

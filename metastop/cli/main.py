@@ -457,9 +457,12 @@ def models_show(ctx: click.Context, version: str) -> None:
 @main.command("retrain")
 @click.argument("curves", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("data"), show_default=True,
-              help="Corpus folder: its lcdb.parquet and em_curves.parquet are used when present.")
-@click.option("--no-corpus", is_flag=True, help="Do not read the corpus under --data.")
+              default=None, help="The project's corpus folder (lcdb.parquet, em_curves.parquet; "
+              "default: the repository's data/); the shared corpora are read in place.")
+@click.option("--no-corpus", is_flag=True,
+              help="Train on CURVES and --runs only, not on the recipe's corpora.")
+@click.option("--max-curves", type=click.IntRange(1), default=None,
+              help="Cap on training curves per corpus (default: each corpus's own).")
 @click.option("--runs", "runs_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of finished runs: curve files and decision logs (*.jsonl).")
 @click.option("--registry", "registry_root", type=click.Path(file_okay=False), default=None,
@@ -470,22 +473,23 @@ def models_show(ctx: click.Context, version: str) -> None:
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Train the boosters on this running Dask cluster (tcp://host:8786).")
 @click.option("--n-estimators", type=click.IntRange(1), default=None,
-              help="Boosting rounds (default: the champion's).")
+              help="Boosting rounds (default: the recipe's).")
 @click.option("--num-threads", type=click.IntRange(1), default=None,
-              help="LightGBM threads on this machine (default: the champion's).")
+              help="LightGBM threads on this machine (default: all cores).")
 @click.option("--min-improvement", type=click.FloatRange(0, 1, max_open=True), default=0.01,
               show_default=True, help="Relative MAE improvement needed to promote.")
 @click.option("--json", "json_path", default=None, metavar="PATH",
               help="Also write the report JSON to PATH ('-' for standard output).")
 @library_errors
-def retrain_command(curves: tuple[Path, ...], data_dir: Path, no_corpus: bool,
-                    runs_dir: str | None, registry_root: str | None, out: str | None,
+def retrain_command(curves: tuple[Path, ...], data_dir: Path | None, no_corpus: bool,
+                    max_curves: int | None, runs_dir: str | None, registry_root: str | None, out: str | None,
                     force: bool, dask_scheduler: str | None, n_estimators: int | None,
                     num_threads: int | None, min_improvement: float, json_path: str | None) -> None:
     """Retrain the predictor; promote the challenger only if it beats the champion.
 
-    Gathers curves (the corpus, CURVES files or folders, --runs), trains a challenger on the
-    curves outside the held-out groups, evaluates champion and challenger on the same
+    Gathers curves (the training recipe's corpora, CURVES files or folders, --runs), trains a
+    challenger by the same recipe as the shipped model on the curves outside the held-out
+    groups, evaluates champion and challenger on the same
     held-out curves (MAE at 25% observed, CostAware utility) and promotes by the stated
     rule. Writes report.json and report.md to --out.
 
@@ -495,14 +499,16 @@ def retrain_command(curves: tuple[Path, ...], data_dir: Path, no_corpus: bool,
       metastop retrain extra.parquet --no-corpus --out reports/retrain/today --force
       metastop retrain --dask-scheduler tcp://scheduler:8786
     """
+    from ..ops.recipe import DEFAULT_PARAMS, Recipe, default_corpora
     from ..ops.registry import Registry
-    from ..ops.retrain import corpus_files, retrain
+    from ..ops.retrain import retrain
 
-    paths = ([] if no_corpus else corpus_files(data_dir)) + list(curves)
-    params = {k: v for k, v in (("n_estimators", n_estimators), ("num_threads", num_threads))
-              if v is not None}
-    result = retrain(paths, runs_dir=runs_dir, registry=Registry(registry_root), out=out,
-                     params=params, dask_scheduler=dask_scheduler, force=force,
+    corpora = () if no_corpus else (default_corpora(data_dir) if data_dir else default_corpora())
+    params = {**DEFAULT_PARAMS, **{k: v for k, v in (("n_estimators", n_estimators),
+                                                     ("num_threads", num_threads)) if v is not None}}
+    recipe = Recipe(corpora=corpora, max_curves=max_curves, params=params)
+    result = retrain(curves, runs_dir=runs_dir, recipe=recipe, registry=Registry(registry_root),
+                     out=out, dask_scheduler=dask_scheduler, force=force,
                      min_improvement=min_improvement)
     if json_path is not None:
         write_json(result.to_dict(), json_path)

@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from ..errors import ParameterError
-from ..stop.controller import StopController
+from ..stop.controller import Reporting, StopController
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -19,17 +19,19 @@ def require(module: str, extra: str) -> ModuleType:
                           f"pip install 'metastop[{extra}]' ({error})") from error
 
 
-def make_controller(controller: Any, policy: Any, budget: float | None, curve_id: str) -> Any:
-    """The controller given, or one built from ``policy`` and ``budget``."""
+def make_controller(controller: Any, policy: Any, budget: float | None, curve_id: str,
+                    reporting: Reporting | None = None) -> Any:
+    """The controller given, or one built from ``policy``, ``budget`` and ``reporting``."""
     if controller is not None:
-        if policy is not None or budget is not None:
-            raise ParameterError("give either controller or policy/budget, not both; got "
-                                 f"controller={controller!r} with policy={policy!r}, budget={budget!r}")
+        if policy is not None or budget is not None or reporting is not None:
+            raise ParameterError("give either controller or policy/budget/reporting, not both; "
+                                 f"got controller={controller!r} with policy={policy!r}, "
+                                 f"budget={budget!r}, reporting={reporting!r}")
         return controller
     if budget is None:
         raise ParameterError("budget (planned total tokens) is required when no controller is "
                              "given, got budget=None")
-    return StopController(policy=policy, budget=budget, curve_id=curve_id)
+    return StopController(policy, budget=budget, curve_id=curve_id, reporting=reporting)
 
 
 def missing_metric(name: str, present: Iterable[str]) -> str:

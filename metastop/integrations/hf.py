@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ParameterError
 from .._checks import positive
+from ..stop.controller import Reporting
 from ._common import as_float, make_controller, missing_metric, require
 
 require("transformers", "hf")
@@ -37,13 +38,16 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         controller: the ``StopController`` to drive; or build one from ``policy`` and ``budget``.
         policy: a ``StoppingPolicy`` (``None``: the controller's default, cost-aware).
         budget: planned total tokens of the run.
+        reporting: decision log and shadow mode of the controller built here.
         metric: key of the evaluation metrics to watch; ``eval_`` is prefixed if needed.
         tokens_per_step: tokens per optimizer step, used when no token count is tracked.
     """
 
     def __init__(self, controller: Any = None, *, policy: Any = None, budget: float | None = None,
+                 reporting: Reporting | None = None,
                  metric: str = "eval_exact_match", tokens_per_step: float = 1.0):
-        self.controller = make_controller(controller, policy, budget, curve_id="hf")
+        self.controller = make_controller(controller, policy, budget, curve_id="hf",
+                                          reporting=reporting)
         self.metric = metric
         self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
 

@@ -14,6 +14,7 @@ import logging
 from typing import Any, Callable
 
 from .._checks import positive
+from ..stop.controller import Reporting
 from ._common import as_float, make_controller, missing_metric, require
 
 _pl = require("lightning.pytorch", "lightning")
@@ -32,15 +33,18 @@ class MetaStopCallback(_pl.Callback):
         controller: the ``StopController`` to drive; or build one from ``policy`` and ``budget``.
         policy: a ``StoppingPolicy`` (``None``: the controller's default, cost-aware).
         budget: planned total tokens of the run.
+        reporting: decision log and shadow mode of the controller built here.
         monitor: key of ``trainer.callback_metrics`` to watch.
         tokens: function of the trainer returning the cumulative tokens seen.
         tokens_per_step: tokens per optimizer step, used when ``tokens`` is not given.
     """
 
     def __init__(self, controller: Any = None, *, policy: Any = None, budget: float | None = None,
+                 reporting: Reporting | None = None,
                  monitor: str = "val_exact_match", tokens: Callable[[Any], float] | None = None,
                  tokens_per_step: float = 1.0):
-        self.controller = make_controller(controller, policy, budget, curve_id="lightning")
+        self.controller = make_controller(controller, policy, budget, curve_id="lightning",
+                                          reporting=reporting)
         self.monitor = monitor
         self.tokens = tokens
         self.tokens_per_step = positive("tokens_per_step", tokens_per_step)

@@ -11,55 +11,60 @@ Example:
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any
 
-from ..curves import MAXIMIZE, MINIMIZE, Curve
-from ..stop.decision import Reason
-from ..stop.controller import default_policy
 from .._checks import positive
+from ..curves import MAXIMIZE, MINIMIZE
+from ..stop.controller import Reporting, StopController, default_policy
 from ._common import require
 
 _optuna = require("optuna", "optuna")
-logger = logging.getLogger(__name__)
 
 
 class MetaStopPruner(_optuna.pruners.BasePruner):
-    """Replays a trial's intermediate values through one shared policy and prunes on ``stop``.
+    """Prunes a trial when its ``StopController`` says stop before the budget.
 
-    Policies are pure functions of the curve, so each call rebuilds the curve from
-    ``trial.intermediate_values`` (step ``s`` costs ``s * tokens_per_step`` tokens; non-finite
-    values are skipped). The direction is the study's. A trial that has reached ``budget`` is
-    never pruned (it is finishing anyway), nor is one whose decision fails (fail-open, with a
-    warning, as in ``StopController``). The last decision per trial number is in ``decisions``.
+    Each trial gets its own controller (the policy is shared), fed the trial's new
+    intermediate values at every ``prune`` call: step ``s`` costs ``s * tokens_per_step``
+    tokens and the direction is the study's. The controller makes every decision: non-finite
+    values are reported and skipped, a failing policy keeps the trial running, and a trial that
+    reached its budget is never pruned (``Decision.early_stop``: it is finishing anyway).
 
     Args:
         policy: a metastop ``StoppingPolicy`` (``None``: the default, cost-aware).
         budget: planned total tokens of a trial (the last step times ``tokens_per_step``).
         tokens_per_step: tokens per reported step.
+        reporting: decision log and shadow mode for every trial's controller (a trial's
+            run id is ``trial-N``).
     """
 
-    def __init__(self, policy: Any = None, *, budget: float, tokens_per_step: float = 1.0):
+    def __init__(self, policy: Any = None, *, budget: float, tokens_per_step: float = 1.0,
+                 reporting: Reporting | None = None):
         self.policy = policy if policy is not None else default_policy()
         self.budget = positive("budget", budget)
         self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
-        self.decisions: dict[int, Any] = {}
+        self.reporting = reporting
+        self.controllers: dict[int, StopController] = {}
+
+    @property
+    def decisions(self) -> dict[int, Any]:
+        """The last decision per trial number."""
+        return {n: c.last_decision for n, c in self.controllers.items() if c.decisions}
 
     def prune(self, study: "_optuna.study.Study", trial: "_optuna.trial.FrozenTrial") -> bool:
-        points = sorted((s, v) for s, v in trial.intermediate_values.items() if math.isfinite(v))
-        if not points:
-            return False
-        tokens = [s * self.tokens_per_step for s, _ in points]
-        direction = MINIMIZE if study.direction == _optuna.study.StudyDirection.MINIMIZE else MAXIMIZE
-        curve = Curve(f"trial-{trial.number}", tokens, [v for _, v in points], direction=direction,
-                      budget=max(self.budget, tokens[-1]))
-        try:
-            decision = self.policy.decide(curve)
-        except Exception as error:  # fail-open: a broken model must not end a trial
-            logger.warning("metastop: policy failed on trial %d, not pruning: %s: %s",
-                           trial.number, type(error).__name__, error)
-            return False
-        self.decisions[trial.number] = decision
-        # A trial at its budget is finishing anyway: pruning it would discard a complete result.
-        return bool(decision.stop) and decision.reason is not Reason.BUDGET_REACHED
+        controller = self._controller(study, trial)
+        seen = controller.decisions[-1].tokens if controller.decisions else -1.0
+        decision = controller.last_decision
+        for step, value in sorted(trial.intermediate_values.items()):
+            if step * self.tokens_per_step > seen:
+                decision = controller.observe(step * self.tokens_per_step, value)
+        return decision is not None and decision.early_stop
+
+    def _controller(self, study: Any, trial: Any) -> StopController:
+        if trial.number not in self.controllers:
+            minimize = study.direction == _optuna.study.StudyDirection.MINIMIZE
+            self.controllers[trial.number] = StopController(
+                self.policy, budget=self.budget, direction=MINIMIZE if minimize else MAXIMIZE,
+                run_id=f"trial-{trial.number}", curve_id=f"trial-{trial.number}",
+                reporting=self.reporting)
+        return self.controllers[trial.number]

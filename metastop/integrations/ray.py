@@ -15,7 +15,7 @@ from typing import Any
 
 from ..curves import DIRECTIONS
 from ..errors import ParameterError
-from ..stop.controller import StopController, default_policy
+from ..stop.controller import Reporting, StopController, default_policy
 from .._checks import positive
 from ._common import as_float, missing_metric, require
 
@@ -35,15 +35,18 @@ class MetaStopStopper(_tune.Stopper):
         metric: key of the result dict to watch.
         tokens: key of the result dict holding cumulative tokens (e.g. ``training_iteration``).
         direction: ``maximize`` or ``minimize``.
+        reporting: decision log and shadow mode of every trial's controller.
     """
 
     def __init__(self, policy: Any = None, *, budget: float, metric: str = "exact_match",
-                 tokens: str = "tokens", direction: str = "maximize"):
+                 tokens: str = "tokens", direction: str = "maximize",
+                 reporting: Reporting | None = None):
         self.policy = policy if policy is not None else default_policy()  # loaded once
         self.budget = positive("budget", budget)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got {direction=}")
         self.metric, self.tokens, self.direction = metric, tokens, direction
+        self.reporting = reporting
         self.controllers: dict[str, Any] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -55,7 +58,8 @@ class MetaStopStopper(_tune.Stopper):
             return False
         if trial_id not in self.controllers:
             self.controllers[trial_id] = StopController(
-                policy=self.policy, budget=self.budget, direction=self.direction, curve_id=trial_id)
+                self.policy, budget=self.budget, direction=self.direction, run_id=trial_id,
+                curve_id=trial_id, reporting=self.reporting)
         decision = self.controllers[trial_id].observe(as_float(result[self.tokens]),
                                                       as_float(result[self.metric]))
         return bool(decision.stop)

@@ -32,7 +32,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,6 +39,7 @@ import numpy as np
 
 from ..curves import atomic_path
 from ..errors import ParameterError, ReadError
+from ..stop.decisionlog import RunLog, read_logs
 from ..stop.prices import POINT, PriceBook, Price
 
 log = logging.getLogger(__name__)
@@ -48,74 +48,6 @@ DEFAULT_TASK = "(default)"
 """The key of runs without a task: their price is the price book's default."""
 STATE_VERSION = 1
 _SALT = "metastop-shadow-v1"
-
-
-# --- decision logs -------------------------------------------------------------------------
-def read_decision_logs(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
-                       skipped: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Read controller decision logs (JSONL files, or folders of ``*.jsonl``), grouped by run.
-
-    A run is keyed by ``run_id`` (else ``curve_id``, else the file name); its lines keep file
-    order. Lines that are not JSON objects with finite ``tokens`` are skipped; when
-    ``skipped`` is given, one ``"file:line: reason"`` entry per skipped line is appended to it.
-
-    Raises:
-        ReadError: a named path does not exist.
-    """
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for file in _log_files(paths):
-        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
-            record, problem = _parse_line(line)
-            if problem is not None:
-                if skipped is not None and line.strip():
-                    skipped.append(f"{file}:{number}: {problem}")
-                continue
-            key = str(record.get("run_id") or record.get("curve_id") or file.stem)
-            runs.setdefault(key, []).append(record)
-    return runs
-
-
-def _log_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files.extend(sorted(path.rglob("*.jsonl")))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ReadError(f"file {path}: does not exist")
-    return files
-
-
-def _parse_line(line: str) -> tuple[dict[str, Any], str | None]:
-    if not line.strip():
-        return {}, "empty line"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        return {}, f"not JSON ({error.msg}); truncated line?"
-    if not isinstance(record, dict):
-        return {}, f"not a JSON object, got {type(record).__name__}"
-    tokens = record.get("tokens")
-    if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not math.isfinite(tokens):
-        return {}, f"tokens must be a finite number, got {tokens!r}"
-    return record, None
-
-
-def log_time(value: Any) -> float | None:
-    """A log line's ``time`` as Unix seconds (accepts numbers and ISO 8601 text)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
 
 
 # --- what one shadow run measured ----------------------------------------------------------
@@ -159,79 +91,24 @@ class ShadowOutcome:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def shadow_outcome(records: Sequence[Mapping[str, Any]], *, run_id: str | None = None) -> ShadowOutcome:
-    """Measure one finished shadow run from its decision-log lines (in observation order).
+def shadow_outcome(run: RunLog) -> ShadowOutcome:
+    """Measure one finished shadow run from its decision log.
 
-    The would-stop point is the first line with ``stop`` true. ``best`` (the controller's
-    best-so-far, already direction-aware) gives the keep-best loss; without it, ``value``
-    with ``direction`` (default maximize) is used.
-
-    Raises:
-        ParameterError: no lines, or values that are not finite.
+    The would-stop point is the policy's first early stop verdict; the loss is keep-best:
+    the best value up to that point against the best of the whole run.
     """
-    records = observations(records)
-    if not records:
-        raise ParameterError(f"a shadow run needs decision-log lines, got none (run {run_id!r})")
-    first = records[0]
-    run = str(run_id or first.get("run_id") or first.get("curve_id") or "run")
-    tokens = np.array([float(r["tokens"]) for r in records])
-    best = _best_so_far(records, run)
-    stops = [i for i, r in enumerate(records)
-             if r.get("stop") is True and r.get("reason") != "budget_reached"]
-    s = stops[0] if stops else len(records) - 1
-    budget = _budget(records, tokens)
+    tokens, best = run.tokens, run.best_so_far()
+    stop = run.would_stop_index
+    s = stop if stop is not None else len(tokens) - 1
+    if not np.isfinite(best[s]):
+        raise ParameterError(f"run {run.run_id!r}: decision log has no finite value up to "
+                             f"its would-stop point")
     return ShadowOutcome(
-        run_id=run, task=_task(records), em_loss=max(0.0, abs(best[-1] - best[s])) / POINT,
-        tokens_saved=float(max(0.0, tokens[-1] - tokens[s]) / budget),
-        stop_tokens=float(tokens[s]) if stops else None, final_tokens=float(tokens[-1]),
-        budget=budget, time=log_time(records[-1].get("time")),
-        started=log_time(first.get("time")))
-
-
-_NOT_A_POINT = ("bad_input", "non_finite")
-
-
-def observations(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The log lines that are kept points of the curve: ignored input (``bad_input``,
-    ``non_finite``) and lines whose tokens do not increase are dropped."""
-    kept: list[Mapping[str, Any]] = []
-    for record in records:
-        if record.get("reason") in _NOT_A_POINT or not _finite(record.get("tokens")):
-            continue
-        if kept and float(record["tokens"]) <= float(kept[-1]["tokens"]):
-            continue
-        kept.append(record)
-    return kept
-
-
-def _best_so_far(records: Sequence[Mapping[str, Any]], run: str) -> np.ndarray:
-    if all(_finite(r.get("best")) for r in records):
-        return np.array([float(r["best"]) for r in records])
-    values = np.array([float(r["value"]) if _finite(r.get("value")) else np.nan for r in records])
-    if not np.isfinite(values).any():
-        raise ParameterError(f"run {run!r}: decision log has no finite 'best' or 'value'")
-    sign = -1.0 if records[0].get("direction") == "minimize" else 1.0
-    scores = np.fmax.accumulate(np.where(np.isfinite(values), values * sign, -np.inf))
-    return scores * sign
-
-
-def _budget(records: Sequence[Mapping[str, Any]], tokens: np.ndarray) -> float:
-    budgets = [float(r["budget"]) for r in records if _finite(r.get("budget")) and r["budget"] > 0]
-    return max(budgets[-1] if budgets else 0.0, float(tokens[-1])) or 1.0
-
-
-def _task(records: Sequence[Mapping[str, Any]]) -> str | None:
-    task = next((r.get("task") for r in records if r.get("task")), None)
-    return str(task) if task is not None else None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_shadow_run(records: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a run's decision log says it ran in shadow mode."""
-    return any(r.get("shadow") is True for r in records)
+        run_id=run.run_id, task=run.task, em_loss=float(abs(best[-1] - best[s])) / POINT,
+        tokens_saved=float(max(0.0, tokens[-1] - tokens[s]) / run.budget),
+        stop_tokens=float(tokens[s]) if stop is not None else None,
+        final_tokens=float(tokens[-1]), budget=run.budget, time=run.points[-1].time,
+        started=run.entries[0].time)
 
 
 # --- confidence bounds ---------------------------------------------------------------------
@@ -362,9 +239,9 @@ class Governor:
     def record_log(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[ShadowOutcome]:
         """Record every finished shadow run in decision logs (files or folders); return the new ones."""
         new = []
-        for run_id, records in read_decision_logs(paths).items():
-            if is_shadow_run(records):
-                outcome = shadow_outcome(records, run_id=run_id)
+        for run in read_logs(paths).runs.values():
+            if run.shadow:
+                outcome = shadow_outcome(run)
                 if self.record(outcome):
                     new.append(outcome)
         return new

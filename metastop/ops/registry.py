@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,9 @@ from typing import Any, Callable, Iterator
 from ..errors import MetastopError, ModelError, ParameterError
 from ..predict.champion import (MANIFEST, POINTER, VERSION_NAME,
                                 champion_dir, default_root, read_pointer)
+# The model-folder rules live in predict.manifest; they are part of this module's API too.
+from ..predict.manifest import (manifest_checksums, read_manifest, sha256_file,  # noqa: F401
+                                verify_checksums)
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +174,7 @@ class Registry:
             tmp = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=self.root))
             try:
                 staged = tmp / name
-                shutil.copytree(source, staged)
-                _fsync_tree(staged)
-                pause_point("registry.add.copied")
+                _copy_in(source, staged)
                 self._verify(staged)
                 os.rename(staged, target)
                 _fsync_dir(self.root)
@@ -184,7 +184,8 @@ class Registry:
         return name
 
     def promote(self, name: str, *, reason: str = "") -> None:
-        """Make version ``name`` the champion (verified first); the old one can be rolled back to."""
+        """Make version ``name`` the champion (verified first); the old one can be rolled
+        back to."""
         with self.lock():
             self.verify(name)
             pointer = self._read_pointer()
@@ -216,7 +217,8 @@ class Registry:
                          f"to from {pointer['champion']!r}")
 
     def clean(self) -> list[str]:
-        """Remove temporary folders and pointer files left by killed processes; return their names."""
+        """Remove temporary folders and pointer files left by killed processes; return their
+        names."""
         with self.lock():
             stale = [p for p in self.root.iterdir()
                      if p.name.startswith(".add-") or (p.name.startswith(f".{POINTER}.")
@@ -286,21 +288,31 @@ class Registry:
         return read_pointer(self.root)
 
     def _write_pointer(self, name: str, previous: list[str], reason: str) -> None:
+        """Stage the new pointer in a hidden file, then swap it in with one ``os.replace``."""
         data = {"champion": name, "previous": previous[-50:], "since": _now(), "reason": reason}
-        path = self.root / POINTER
+        tmp = self._stage_pointer(data)
+        try:
+            os.replace(tmp, self.root / POINTER)
+            _fsync_dir(self.root)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _stage_pointer(self, data: dict[str, Any]) -> str:
+        """Write ``data`` to a hidden ``.current.*.tmp`` file, synced to disk; return its path
+        (``clean`` removes such files left by a killed process)."""
         fd, tmp = tempfile.mkstemp(prefix=f".{POINTER}.", suffix=".tmp", dir=self.root)
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(data, indent=1) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            pause_point("registry.pointer.written")
-            os.replace(tmp, path)
-            _fsync_dir(self.root)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        return tmp
 
     def _append_history(self, action: str, name: str, before: str, reason: str) -> None:
         event = {"time": _now(), "action": action, "champion": name, "before": before,
@@ -320,73 +332,7 @@ class Registry:
         return Version(name, path, name == champion, created, dict(metrics))
 
 
-# --- model folder checks -----------------------------------------------------------------
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of a model folder; ``ModelError`` naming it if unusable."""
-    file = Path(path) / MANIFEST
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"file {file}: missing; a model folder needs a manifest") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"file {file}: cannot be read as JSON ({error}); "
-                         f"truncated or tampered") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"file {file}: must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def manifest_checksums(manifest: dict[str, Any]) -> dict[str, str]:
-    """``{file name: sha256 hex}`` from a manifest, whichever common layout it uses.
-
-    Accepted: ``{"sha256": {name: hex}}``, ``{"files": {name: hex}}``,
-    ``{"files": {name: {"sha256": hex}}}`` and ``{"files": [{"name"/"path": .., "sha256": ..}]}``.
-    """
-    found: dict[str, str] = {}
-    for key in ("sha256", "files", "checksums"):
-        entry = manifest.get(key)
-        if isinstance(entry, dict):
-            for name, value in entry.items():
-                digest = value.get("sha256") if isinstance(value, dict) else value
-                if isinstance(digest, str):
-                    found[str(name)] = digest
-        elif isinstance(entry, list):
-            for item in entry:
-                if isinstance(item, dict) and isinstance(item.get("sha256"), str):
-                    found[str(item.get("name") or item.get("path") or item.get("file"))] = item["sha256"]
-    return found
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_checksums(path: str | os.PathLike) -> dict[str, Any]:
-    """Check every file listed in the manifest against its SHA-256; return the manifest.
-
-    Raises:
-        ModelError: naming the first missing or mismatching file.
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    checksums = manifest_checksums(manifest)
-    if not checksums:
-        raise ModelError(f"file {path / MANIFEST}: lists no SHA-256 checksums of model files")
-    for name, expected in sorted(checksums.items()):
-        file = path / name
-        if not file.is_file():
-            raise ModelError(f"file {file}: missing (listed in {path / MANIFEST})")
-        actual = sha256_file(file)
-        if actual != expected:
-            raise ModelError(f"file {file}: SHA-256 {actual[:12]}... does not match the "
-                             f"manifest's {expected[:12]}...; the file is truncated or tampered")
-    return manifest
-
-
+# --- model folder checks (the rules live in ``metastop.predict.manifest``) -----------------
 def verify_model_dir(path: str | os.PathLike) -> None:
     """Raise ``ModelError`` unless the model folder's checksums match and it loads."""
     from ..predict.model import Predictor
@@ -426,6 +372,12 @@ def _read_holder(path: Path) -> str:
     return f"pid {data.get('pid', '?')} since {data.get('since', '?')}"
 
 
+def _copy_in(source: Path, staged: Path) -> None:
+    """Copy a model folder to its staging place and sync every file to disk."""
+    shutil.copytree(source, staged)
+    _fsync_tree(staged)
+
+
 def _fsync_tree(path: Path) -> None:
     for file in path.rglob("*"):
         if file.is_file():
@@ -441,21 +393,3 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-PHASE_ENV = "METASTOP_PAUSE_AT"
-
-
-def pause_point(name: str) -> None:
-    """A named point in a long operation; tests pause here to kill the process mid-way.
-
-    With ``METASTOP_PAUSE_AT=<name>`` set, the process writes ``<name>`` to the file named by
-    ``METASTOP_PAUSE_FILE`` (if set) and sleeps, so a test can send SIGKILL at that moment.
-    """
-    log.debug("phase %s", name)
-    if os.environ.get(PHASE_ENV) != name:
-        return
-    marker = os.environ.get("METASTOP_PAUSE_FILE")
-    if marker:
-        Path(marker).write_text(name)
-    time.sleep(float(os.environ.get("METASTOP_PAUSE_SECONDS", "3600")))

@@ -16,12 +16,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .governor import (DEFAULT_TASK, Governor, is_shadow_run, mean_interval, observations,
-                       read_decision_logs, shadow_outcome)
+from ..errors import ParameterError
+from ..stop.decisionlog import LogRead, RunLog, read_logs
+from .governor import DEFAULT_TASK, Governor, mean_interval, shadow_outcome
 from ..stop.prices import PriceBook
 
 OVERALL = "(all)"
@@ -96,22 +97,30 @@ class FleetReport:
                 "n_runs": len(self.runs), "skipped_lines": list(self.skipped)}
 
 
-def summarize_run(run_id: str, records: Sequence[Mapping[str, Any]]) -> RunSummary | None:
-    """One run's summary from its log lines; ``None`` if it holds no usable observation."""
-    points = observations(records)
-    if not points:
-        return None
-    shadow = is_shadow_run(points)
-    if shadow:
-        got = shadow_outcome(points, run_id=run_id)
-        return RunSummary(run_id, got.task, True, False, got.final_tokens, got.budget,
+def summarize_run(run: RunLog) -> RunSummary:
+    """One run's summary from its decision log.
+
+    Raises:
+        ParameterError: a shadow run whose log holds no finite value to measure a loss from.
+    """
+    if run.shadow:
+        got = shadow_outcome(run)
+        return RunSummary(run.run_id, got.task, True, False, got.final_tokens, got.budget,
                           got.tokens_saved, got.em_loss)
-    last = points[-1]
-    budget = max(float(last.get("budget") or 0.0), float(last["tokens"])) or 1.0
-    stopped = any(r.get("acted") is True and r.get("reason") != "budget_reached" for r in points)
-    task = next((str(r["task"]) for r in points if r.get("task")), None)
-    return RunSummary(run_id, task, False, stopped, float(last["tokens"]), budget,
-                      1.0 - float(last["tokens"]) / budget, None)
+    last = float(run.tokens[-1])
+    return RunSummary(run.run_id, run.task, False, run.stopped, last, run.budget,
+                      1.0 - last / run.budget, None)
+
+
+def _summaries(read: LogRead) -> tuple[list[RunSummary], list[str]]:
+    """Every run's summary, and one note per run that could not be summarised."""
+    runs, notes = [], []
+    for run in read.runs.values():
+        try:
+            runs.append(summarize_run(run))
+        except ParameterError as error:
+            notes.append(f"run {run.run_id}: skipped ({error})")
+    return runs, notes
 
 
 def fleet_report(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
@@ -124,9 +133,9 @@ def fleet_report(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
         pricebook: the prices in force (default: the governor's, if given).
         governor: its change history and loss budget are reported.
     """
-    skipped: list[str] = []
-    runs = [s for run_id, lines in read_decision_logs(paths, skipped=skipped).items()
-            if (s := summarize_run(run_id, lines)) is not None]
+    read = read_logs(paths)
+    runs, notes = _summaries(read)
+    skipped = list(read.skipped) + notes
     book = pricebook if pricebook is not None else (governor.pricebook if governor else None)
     changes = [c.to_dict() for c in governor.changes] if governor is not None else []
     by_task: dict[str, list[RunSummary]] = {}

@@ -2,14 +2,12 @@
 
 Steps (``retrain``), all under the registry's lock so two retrains never interleave:
 
-1. **Gather** curves from the corpus (``data/lcdb.parquet``, ``data/em_curves.parquet`` when
-   present), extra files, and a folder of finished runs: curve files (Parquet, CSV, JSONL
-   long tables) and controller decision logs (``*.jsonl``: one curve per ``curve_id``, its
-   ``tokens`` / ``value`` per line). Bad files and curves are skipped and listed with the
-   reason; curves are de-duplicated by ``curve_id`` and by identical points.
-2. **Train** a challenger ``Predictor`` on the curves outside the held-out groups
-   (``metastop.splits``), with the champion's hyper-parameters unless told otherwise; with a
-   Dask scheduler address the boosters train on that cluster (``lightgbm.dask``).
+1. **Gather** the recipe's corpora (``metastop.ops.recipe``: the one recipe the shipped model
+   is trained with), extra files and a folder of finished runs (curve files and controller
+   decision logs, ``metastop.ops.gather``).
+2. **Train** a challenger ``Predictor`` by the recipe on the curves outside the held-out
+   groups (``metastop.curves.splits``); with a Dask scheduler address the boosters train on
+   that cluster (``lightgbm.dask``).
 3. **Evaluate** champion and challenger on the same held-out curves: MAE of the predicted
    final value at 25% of the budget observed, and the mean utility of ``CostAware`` at the
    default price (``metastop.backtest``).
@@ -18,7 +16,7 @@ Steps (``retrain``), all under the registry's lock so two retrains never interle
 5. **Report**: ``report.json`` and ``report.md`` in the output folder.
 
 Example:
-    >>> result = retrain(["data/lcdb.parquet"], runs_dir="runs/finished")  # doctest: +SKIP
+    >>> result = retrain(runs_dir="runs/finished")  # doctest: +SKIP
     >>> result.verdict.promote, result.verdict.reason                       # doctest: +SKIP
 """
 
@@ -36,22 +34,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..curves import MAXIMIZE, MINIMIZE, Curve, CurveSet, atomic_path
-from ..errors import CurveError, MetastopError, ModelError, ParameterError, ReadError
-from .governor import observations
+from ..curves import Curve, CurveSet, atomic_path
+from ..errors import ModelError, ParameterError
 from ..predict.model import Predictor, train_booster
-from .registry import Registry, pause_point, sha256_file
+from .registry import Registry
 from ..curves.splits import RULE as HOLDOUT_RULE
-from ..curves.splits import split_holdout
-from ..ingest import read_curves
+from .gather import Gathered, gather_curves
+from .recipe import Recipe, TrainingSet, fit, training_set
 
 log = logging.getLogger(__name__)
 
-CORPUS_FILES = ("lcdb.parquet", "em_curves.parquet")
-"""Files of the project's own corpus under ``data/`` used when present."""
-CURVE_SUFFIXES = (".parquet", ".csv", ".jsonl")
-MIN_POINTS = 3
-"""Curves with fewer points are skipped (the predictor cannot learn from them)."""
 EVAL_FRACTION = 0.25
 MIN_IMPROVEMENT = 0.01
 UTILITY_TOLERANCE = 0.0
@@ -63,217 +55,9 @@ PROMOTION_RULE = (
     "promoted")
 MAX_EVAL_CURVES = 2000
 """At most this many held-out curves are evaluated (the same hash-chosen ones for both models)."""
-FINISHED_SHARE = 0.98
-"""A logged run counts as finished when its last tokens reach this share of its budget."""
 MAX_LISTED = 200
 
 
-# --- gathering -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Skipped:
-    """An input left out of training: the file, the curve (if one), and why."""
-
-    path: str
-    reason: str
-    curve: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path} (curve {self.curve!r})" if self.curve else self.path
-        return f"{where}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """The curves gathered for retraining and what was left out."""
-
-    curves: CurveSet
-    sources: tuple[dict[str, Any], ...]
-    skipped: tuple[Skipped, ...]
-    duplicates: tuple[Skipped, ...]
-
-
-def corpus_files(data_dir: str | os.PathLike) -> list[Path]:
-    """The corpus files under ``data_dir`` that exist (``CORPUS_FILES``)."""
-    return [Path(data_dir) / name for name in CORPUS_FILES if (Path(data_dir) / name).is_file()]
-
-
-def gather_curves(paths: Iterable[str | os.PathLike] = (), *,
-                  runs_dir: str | os.PathLike | None = None,
-                  min_points: int = MIN_POINTS) -> Gathered:
-    """Read, validate and de-duplicate curves from files and a folder of finished runs.
-
-    Args:
-        paths: curve files (any format ``metastop.ingest`` reads) or folders of them.
-        runs_dir: a folder of finished runs: curve files and decision logs (``*.jsonl``).
-        min_points: curves with fewer points are skipped.
-
-    Raises:
-        ParameterError: nothing usable was found.
-    """
-    files = [f for p in paths for f in _expand(Path(p))]
-    if runs_dir is not None:
-        if not Path(runs_dir).is_dir():
-            raise ReadError(f"file {runs_dir}: runs_dir must be a folder")
-        files += _expand(Path(runs_dir))
-    collector = _Collector(min_points)
-    for file in files:
-        collector.read(file)
-    if not collector.curves:
-        raise ParameterError(f"no usable curves in {[str(f) for f in files]}; skipped: "
-                             f"{[str(s) for s in collector.skipped[:5]]}")
-    return Gathered(CurveSet(collector.curves), tuple(collector.sources),
-                    tuple(collector.skipped), tuple(collector.duplicates))
-
-
-def _expand(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in CURVE_SUFFIXES and p.is_file())
-    return [path]
-
-
-class _Collector:
-    """Accumulates curves file by file, skipping bad ones and duplicates."""
-
-    def __init__(self, min_points: int):
-        self.min_points = min_points
-        self.curves: list[Curve] = []
-        self.sources: list[dict[str, Any]] = []
-        self.skipped: list[Skipped] = []
-        self.duplicates: list[Skipped] = []
-        self._ids: set[str] = set()
-        self._contents: dict[str, str] = {}
-
-    def read(self, file: Path) -> None:
-        try:
-            curves, dropped = (_curves_from_log(file) if _is_decision_log(file)
-                               else _curves_from_table(file))
-        except (MetastopError, OSError, ValueError) as error:
-            self.skipped.append(Skipped(str(file), f"{type(error).__name__}: {error}"))
-            return
-        self.skipped.extend(dropped)
-        kept = sum(self._add(file, c) for c in curves)
-        self.sources.append({"path": str(file), "sha256": sha256_file(file), "n_curves": kept})
-
-    def _add(self, file: Path, curve: Curve) -> bool:
-        if len(curve) < self.min_points:
-            self.skipped.append(Skipped(str(file), f"only {len(curve)} points, need >= "
-                                                   f"{self.min_points}", curve.curve_id))
-            return False
-        if curve.curve_id in self._ids:
-            self.duplicates.append(Skipped(str(file), "duplicate curve_id (first one kept)",
-                                           curve.curve_id))
-            return False
-        digest = _content_digest(curve)
-        if digest in self._contents:
-            self.duplicates.append(Skipped(str(file), f"same points as curve "
-                                                      f"{self._contents[digest]!r}", curve.curve_id))
-            return False
-        self._ids.add(curve.curve_id)
-        self._contents[digest] = curve.curve_id
-        self.curves.append(curve)
-        return True
-
-
-def _content_digest(curve: Curve) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(curve.tokens).tobytes())
-    digest.update(np.ascontiguousarray(curve.values).tobytes())
-    digest.update(curve.direction.encode())
-    return digest.hexdigest()
-
-
-def _curves_from_table(file: Path) -> tuple[list[Curve], list[Skipped]]:
-    curves = read_curves(file, on_error="skip")
-    return list(curves), [Skipped(str(file), reason) for reason in curves.dropped]
-
-
-def _is_decision_log(file: Path) -> bool:
-    """A JSONL file whose first record has the decision fields ``stop`` and ``reason``."""
-    if file.suffix != ".jsonl":
-        return False
-    with open(file, errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(record, dict) and "stop" in record and "reason" in record
-    return False
-
-
-def _curves_from_log(file: Path) -> tuple[list[Curve], list[Skipped]]:
-    """One curve per ``curve_id`` of a decision log; unfinished or stopped runs are skipped."""
-    by_curve: dict[str, list[dict[str, Any]]] = {}
-    bad_lines = 0
-    for line in file.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            record = None
-            bad_lines += 1
-        if isinstance(record, dict):
-            by_curve.setdefault(_log_curve_id(record, file), []).append(record)
-    skipped = [Skipped(str(file), f"{bad_lines} line(s) not JSON (truncated?), ignored")] if bad_lines else []
-    curves = []
-    for curve_id, records in by_curve.items():
-        curve, problem = _log_curve(curve_id, records)
-        if problem is not None:
-            skipped.append(Skipped(str(file), problem, curve_id))
-        else:
-            curves.append(curve)
-    return curves, skipped
-
-
-def _log_curve_id(record: Mapping[str, Any], file: Path) -> str:
-    curve_id, run_id = record.get("curve_id"), record.get("run_id")
-    if curve_id and curve_id != "run":
-        return str(curve_id)
-    return str(run_id or f"{file.stem}/{curve_id or 'run'}")
-
-
-def _log_curve(curve_id: str, records: list[dict[str, Any]]) -> tuple[Curve | None, str | None]:
-    points = [r for r in observations(records) if _number(r.get("value"))]
-    if not points:
-        return None, "no valid observation in the decision log"
-    tokens = np.array([float(r["tokens"]) for r in points])
-    budgets = [float(r["budget"]) for r in points if _number(r.get("budget"))]
-    budget = max(budgets[-1], tokens[-1]) if budgets else float(tokens[-1])
-    if any(r.get("acted") is True for r in points) and tokens[-1] < FINISHED_SHARE * budget:
-        return None, (f"stopped by the controller at {tokens[-1]:.4g} of {budget:.4g} tokens: "
-                      f"the rest of the curve is unknown")
-    if tokens[-1] < FINISHED_SHARE * budget:
-        return None, f"unfinished: last point at {tokens[-1]:.4g} of a {budget:.4g}-token budget"
-    values = np.array([float(r["value"]) for r in points])
-    first = points[0]
-    try:
-        curve = Curve(curve_id, tokens, values, direction=_direction(points, values),
-                      budget=budget, run_id=_text(first.get("run_id")),
-                      task=_text(first.get("task")), meta={"source": "decision_log"})
-    except CurveError as error:
-        return None, str(error)
-    return curve, None
-
-
-def _direction(points: list[dict[str, Any]], values: np.ndarray) -> str:
-    """``minimize`` when the logged best-so-far follows the running minimum, else ``maximize``."""
-    if "direction" in points[0]:
-        return str(points[0]["direction"])
-    best = np.array([float(r["best"]) if _number(r.get("best")) else np.nan for r in points])
-    if np.isfinite(best).all() and np.allclose(best, np.minimum.accumulate(values)) \
-            and not np.allclose(best, np.maximum.accumulate(values)):
-        return MINIMIZE
-    return MAXIMIZE
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-# --- training ---------------------------------------------------------------------------------
 def dask_trainer(client: Any) -> Any:
     """A ``BoosterTrainer`` that trains each booster with ``lightgbm.dask`` on ``client``'s cluster.
 
@@ -302,29 +86,18 @@ def dask_trainer(client: Any) -> Any:
     return train
 
 
-def _paused(trainer: Any) -> Any:
-    def train(*args: Any) -> Any:
-        pause_point("retrain.train")
-        return trainer(*args)
-
-    return train
-
-
-def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None,
-                    dask_scheduler: str | None = None,
-                    sources: Sequence[Mapping[str, Any]] = ()) -> Any:
-    """Fit a ``Predictor`` on ``curves``, its boosters on a Dask cluster if an address is given.
+def train_predictor(training: TrainingSet, *, params: Mapping[str, Any] | None = None,
+                    dask_scheduler: str | None = None) -> Predictor:
+    """Fit the recipe's ``Predictor``, its boosters on a Dask cluster if an address is given.
 
     Args:
-        curves: the training curves.
-        params: ``Predictor`` keyword arguments.
+        training: the recipe's training set.
+        params: ``Predictor`` keyword arguments (default: the recipe's).
         dask_scheduler: address of a running Dask scheduler (``tcp://host:8786``), or ``None``
             to train on this machine.
-        sources: what the curves were read from, recorded in the model's manifest.
     """
-    predictor = Predictor(**dict(params or {}))
     if dask_scheduler is None:
-        return predictor.fit(curves, sources=sources, trainer=_paused(train_booster))
+        return fit(training, params, trainer=train_booster)
     from distributed import Client
 
     try:
@@ -333,7 +106,7 @@ def train_predictor(curves: CurveSet, *, params: Mapping[str, Any] | None = None
         raise ParameterError(f"cannot reach the Dask scheduler at dask_scheduler="
                              f"{dask_scheduler!r}: {error}") from None
     with client:
-        return predictor.fit(curves, sources=sources, trainer=_paused(dask_trainer(client)))
+        return fit(training, params, trainer=dask_trainer(client))
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -465,40 +238,39 @@ class RetrainResult:
 
 
 def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathLike | None = None,
-            registry: Registry | None = None, out: str | os.PathLike | None = None,
-            params: Mapping[str, Any] | None = None, dask_scheduler: str | None = None,
+            recipe: Recipe | None = None, registry: Registry | None = None,
+            out: str | os.PathLike | None = None, dask_scheduler: str | None = None,
             force: bool = False, min_improvement: float = MIN_IMPROVEMENT) -> RetrainResult:
     """Run the whole pipeline (see the module docstring) and return what it did.
 
     Args:
-        paths: curve files or folders (e.g. ``corpus_files("data")`` plus extra files).
+        paths: extra curve files or folders, folded in beside the recipe's corpora.
         runs_dir: a folder of finished runs (curve files and decision logs).
+        recipe: the training recipe (default: ``Recipe()``, the shipped model's).
         registry: where the champion lives and the challenger goes (default ``Registry()``).
         out: the report folder (default ``reports/retrain/<UTC time>``).
-        params: ``Predictor`` keyword arguments for the challenger; default: the champion's.
         dask_scheduler: train the boosters on this Dask cluster.
         force: promote even if the challenger is not better.
         min_improvement: relative MAE improvement the rule asks for.
     """
     if not 0 <= min_improvement < 1:
         raise ParameterError(f"min_improvement must be in [0, 1), but got {min_improvement=}")
-    registry = registry or Registry()
+    registry, recipe = registry or Registry(), recipe or Recipe()
     out = Path(out) if out is not None else Path("reports/retrain") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     started = _now()
     with registry.lock():
-        gathered = gather_curves(paths, runs_dir=runs_dir)
-        train, test = split_holdout(gathered.curves)
-        if len(test) == 0 or len(train) == 0:
-            raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left {len(train)} training "
-                                 f"and {len(test)} held-out curves; retraining needs curves "
-                                 f"from more runs")
-        evaluated = eval_sample(test)
+        gathered = _gather(paths, runs_dir)
+        training = training_set(recipe, extra=gathered.curves, extra_sources=gathered.sources)
+        if len(training.held_out) == 0:
+            raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left no held-out curve "
+                                 f"among {len(training.train)}; retraining needs curves from "
+                                 f"more runs")
+        evaluated = eval_sample(training.held_out)
         champion_name, champion, champion_info = _load_champion(registry)
-        challenger_params = {**_champion_params(champion), **dict(params or {})}
-        log.info("training a challenger on %d curves (%d held out)", len(train), len(test))
+        log.info("training a challenger on %d curves (%d held out)", len(training.train),
+                 len(training.held_out))
         started_fit = time.perf_counter()
-        fitted = train_predictor(train, params=challenger_params, dask_scheduler=dask_scheduler,
-                                 sources=gathered.sources)
+        fitted = train_predictor(training, params=recipe.params, dask_scheduler=dask_scheduler)
         fit_s = time.perf_counter() - started_fit
         stage = fitted.save(out / "challenger")
         challenger = Predictor.load(stage)
@@ -509,11 +281,10 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
         promoted_as = None
         if verdict.promote:
             promoted_as = registry.add(stage)
-            pause_point("retrain.promote")
             registry.promote(promoted_as, reason=verdict.reason)
     result = RetrainResult(
         started=started, finished=_now(), registry=str(registry.root),
-        data=_data_summary(gathered, train, test),
+        data=_data_summary(gathered, training),
         champion={"name": champion_name, **champion_info,
                   "evaluation": champion_eval.to_dict() if champion_eval else None},
         challenger={"params": challenger.get_params(), "dask_scheduler": dask_scheduler,
@@ -522,6 +293,13 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
         verdict=verdict, promoted_as=promoted_as, out=str(out))
     write_report(result, out)
     return result
+
+
+def _gather(paths: Iterable[str | os.PathLike], runs_dir: str | os.PathLike | None) -> Gathered:
+    paths = list(paths)
+    if not paths and runs_dir is None:
+        return Gathered(CurveSet(), (), (), ())
+    return gather_curves(paths, runs_dir=runs_dir)
 
 
 def eval_sample(curves: CurveSet, limit: int = MAX_EVAL_CURVES) -> CurveSet:
@@ -542,17 +320,10 @@ def _load_champion(registry: Registry) -> tuple[str, Any, dict[str, Any]]:
         return name, None, {"problem": str(error)}
 
 
-def _champion_params(champion: Any) -> dict[str, Any]:
-    if champion is None:
-        return {}
-    params = champion.get_params()
-    params["quantiles"] = tuple(params["quantiles"])
-    return params
-
-
-def _data_summary(gathered: Gathered, train: CurveSet, test: CurveSet) -> dict[str, Any]:
-    return {"n_curves": len(gathered.curves), "n_train": len(train), "n_held_out": len(test),
-            "holdout_rule": HOLDOUT_RULE, "sources": list(gathered.sources),
+def _data_summary(gathered: Gathered, training: TrainingSet) -> dict[str, Any]:
+    n_train, n_test = len(training.train), len(training.held_out)
+    return {"n_curves": n_train + n_test, "n_train": n_train, "n_held_out": n_test,
+            "holdout_rule": HOLDOUT_RULE, "sources": list(training.sources),
             "n_skipped": len(gathered.skipped), "n_duplicates": len(gathered.duplicates),
             "skipped": [str(s) for s in gathered.skipped[:MAX_LISTED]],
             "duplicates": [str(s) for s in gathered.duplicates[:MAX_LISTED]]}

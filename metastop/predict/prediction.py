@@ -48,7 +48,8 @@ class Prediction:
         more than the 0.9 quantile instead of being clamped to it.
 
         Example:
-            >>> p = Prediction("c", 1.0, np.array([2.0]), (0.1, 0.5, 0.9), np.array([[0.1, 0.2, 0.6]]))
+            >>> p = Prediction("c", 1.0, np.array([2.0]), (0.1, 0.5, 0.9),
+            ...                np.array([[0.1, 0.2, 0.6]]))
             >>> [round(float(p.quantile(q)[0]), 3) for q in (0.05, 0.7, 0.9, 0.99)]
             [0.088, 0.4, 0.6, 0.69]
         """

@@ -21,6 +21,9 @@ from ..curves import Curve
 from ..errors import ParameterError
 from .features import PrefixBatch, feature_matrix, relative_target
 from .kinds import _is_perplexity
+from .manifest import sha256_bytes
+
+_CALIBRATION_SALT = "metastop-calibration-v1:"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,23 @@ class _Rows:
     best: np.ndarray
     perplexity: np.ndarray
     is_final: np.ndarray
+
+
+def _calibration_groups(groups: list[str], share: float, random_state: int) -> np.ndarray:
+    """Boolean mask of curves whose group calibrates: groups chosen by hash (about ``share``
+    of them); with too few groups for that, every k-th group; with one group, every k-th
+    curve."""
+    unique = sorted(set(groups))
+    salt = f"{_CALIBRATION_SALT}{random_state}:"
+    chosen = {g for g in unique
+              if int(sha256_bytes((salt + g).encode())[:16], 16) / 2.0**64 < share}
+    every = max(2, round(1 / share))
+    if not chosen or len(chosen) == len(unique):
+        chosen = set(unique[::every])
+    mask = np.array([g in chosen for g in groups])
+    if mask.all():
+        mask = np.arange(len(groups)) % every == 0
+    return mask
 
 
 def _checked_weights(sample_weight: Sequence[float] | None, n: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..curves import DIRECTIONS, MAXIMIZE, MINIMIZE, Curve
-from ..errors import CurveError, ReadError
+from ..errors import CurveError, ParameterError, ReadError
 from .decision import Decision, Reason
 
 logger = logging.getLogger(__name__)
@@ -266,6 +266,24 @@ def run_log(run_id: str, entries: list[LogEntry]) -> RunLog | None:
     return RunLog(run_id, tuple(entries), tuple(points), _direction(points), float(budget))
 
 
+def run_from_records(records: Iterable[Mapping[str, Any]], *, where: str = "records") -> RunLog:
+    """A ``RunLog`` from records already parsed (e.g. lines kept elsewhere), in order.
+
+    Raises:
+        ParameterError: a record is not a decision record, or none is a curve point.
+    """
+    entries = []
+    for number, record in enumerate(records, 1):
+        entry, problem = parse_line(json.dumps(record, default=str), f"{where}:{number}", where)
+        if problem is not None:
+            raise ParameterError(f"{where}, record {number}: {problem}")
+        entries.append(entry)
+    run = run_log(entries[0].run_id, entries) if entries else None
+    if run is None:
+        raise ParameterError(f"{where}: no record is a curve point (got {len(entries)} records)")
+    return run
+
+
 def log_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """The files named, with each folder replaced by its ``*.jsonl`` files."""
     if isinstance(paths, (str, os.PathLike)):
@@ -387,4 +405,5 @@ def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["LOG_VERSION", "DecisionLog", "LogContext", "LogEntry", "LogRead", "RunLog",
-           "line_record", "log_files", "log_time", "parse_line", "read_logs", "run_log"]
+           "line_record", "log_files", "log_time", "parse_line", "read_logs", "run_from_records",
+           "run_log"]

@@ -1,8 +1,11 @@
 """What an EM point is worth in tokens: ``Price`` and the per-task ``PriceBook``.
 
-One *point* is 0.01 in metric units (score units): EM 0.37 is 37 points. A price says how
-many training tokens one point is worth, so a policy can weigh a predicted gain against the
-tokens it would cost.
+One *point* is 0.01 in metric units (score units): EM 0.37 is 37 points. ``POINT`` is that
+constant and ``to_points`` the one conversion from metric units to points: losses and gains
+are kept in metric units inside, and reported to people in points. A price says how many
+training tokens one point is worth, so a policy can weigh a predicted gain against the tokens
+it would cost. Past the command line a price is always a ``Price``, never a bare number
+(``check_price`` says so to a caller who passes one).
 
 Example:
     >>> Price.fraction_of_budget(0.05).tokens_per_point(budget=1e9)
@@ -14,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +31,19 @@ from ..errors import ParameterError, ReadError
 
 POINT = 0.01
 """One point in metric units (an accuracy of 0.37 is 37 points)."""
+
+
+def to_points(x: float) -> float:
+    """A quantity in metric units (a loss, a gain, a score) in points: ``x / POINT``.
+
+    Works elementwise on numpy arrays too.
+
+    Example:
+        >>> to_points(0.25)
+        25.0
+    """
+    return x / POINT
+
 
 TOKENS = "tokens"
 FRACTION_OF_BUDGET = "fraction_of_budget"
@@ -87,6 +104,18 @@ class Price:
             return self.amount / self.per_million_tokens * 1e6
         return self.amount * positive("budget", budget)
 
+    def points_for(self, tokens: float, budget: float) -> float:
+        """How many points ``tokens`` tokens are worth for a run with this ``budget``.
+
+        The backtest's utility charges a run's full length so: at one point per 5% of the
+        budget, a run that spends its whole budget costs 20 points.
+
+        Example:
+            >>> Price.fraction_of_budget(0.05).points_for(1e9, budget=1e9)
+            20.0
+        """
+        return float(tokens) / self.tokens_per_point(budget)
+
     def scaled(self, factor: float) -> Price:
         """The same kind of price, ``factor`` times as high (the governor tunes prices so)."""
         return Price(self.kind, self.amount * positive("factor", factor), self.per_million_tokens)
@@ -124,6 +153,26 @@ class Price:
                                  f"per_million_tokens), got {dict(data)!r}")
         amount = positive(kinds[0], data[kinds[0]])
         return cls(kinds[0], amount, data.get("per_million_tokens") if kinds[0] == MONEY else None)
+
+
+def check_price(name: str, value: Any) -> Price:
+    """``value`` when it is a ``Price``, else a ``ParameterError`` naming ``name``.
+
+    A bare number is refused: it could be a share of the budget, tokens, or points per full
+    budget, and the message says how to write each one.
+
+    Example:
+        >>> check_price("price", Price.tokens(1e8)).kind
+        'tokens'
+    """
+    if isinstance(value, Price):
+        return value
+    hint = ""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        hint = (f"; a bare number is ambiguous: write Price.fraction_of_budget({value!r}) for a "
+                f"share of the budget per point, Price.tokens({value!r}) for tokens per point, "
+                f"or Price.fraction_of_budget(1 / k) for k points per full budget")
+    raise ParameterError(f"{name} must be a Price (metastop.stop.prices), got {name}={value!r}{hint}")
 
 
 DEFAULT_PRICE = Price.fraction_of_budget(0.1)

@@ -1,0 +1,66 @@
+"""DESIGN.md's backtest JSON: build it (``report_json``) and check it (``contract_problems``).
+
+Other tools read this file, so its keys are a contract: ``n_curves``, ``prediction``
+(``mae_at`` at 0.1 / 0.25 / 0.5 and ``coverage_80``), ``policies`` and ``frontier``. Numbers
+are in metric units and fractions, as DESIGN.md says; extra keys may be added, never replace
+these.
+
+Example:
+    >>> contract_problems({"n_curves": 0, "prediction": {"mae_at": {}, "coverage_80": None},
+    ...                    "policies": [], "frontier": {}})
+    ['prediction.mae_at.0.1', 'prediction.mae_at.0.25', 'prediction.mae_at.0.5']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from ..errors import ParameterError
+from .common import fraction_key
+from .frontier import Frontier
+from .quality import MAE_FRACTIONS, PredictionReport
+from .replay import PolicyReport
+
+CONTRACT_KEYS = {
+    "top": ("n_curves", "prediction", "policies", "frontier"),
+    "prediction": ("mae_at", "coverage_80"),
+    "mae_at": ("0.1", "0.25", "0.5"),
+    "policy": ("name", "params", "token_savings_mean", "em_loss_mean", "em_loss_p95", "n_curves"),
+    "frontier_point": ("params", "token_savings_mean", "em_loss_mean"),
+}
+"""The keys DESIGN.md promises, by where they appear."""
+
+
+def report_json(*, n_curves: int, prediction: PredictionReport | None,
+                policies: Sequence[PolicyReport], frontiers: Mapping[str, Frontier],
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The backtest JSON of DESIGN.md: ``n_curves``, ``prediction``, ``policies``,
+    ``frontier`` (extra keys may be added through ``extra``, never replacing these)."""
+    empty = {"mae_at": {fraction_key(f): None for f in MAE_FRACTIONS}, "coverage_80": None}
+    data: dict[str, Any] = {
+        "n_curves": int(n_curves),
+        "prediction": prediction.to_dict() if prediction is not None else empty,
+        "policies": [r.summary() for r in policies],
+        "frontier": {name: f.to_list() for name, f in frontiers.items()},
+    }
+    for key, value in (extra or {}).items():
+        if key in data:
+            raise ParameterError(f"extra key {key!r} would replace a contract key")
+        data[key] = value
+    return data
+
+
+def contract_problems(data: Mapping[str, Any]) -> list[str]:
+    """The keys of DESIGN.md's backtest JSON that ``data`` lacks (empty when it conforms)."""
+    missing = [k for k in CONTRACT_KEYS["top"] if k not in data]
+    prediction = data.get("prediction", {})
+    missing += [f"prediction.{k}" for k in CONTRACT_KEYS["prediction"] if k not in prediction]
+    missing += [f"prediction.mae_at.{k}" for k in CONTRACT_KEYS["mae_at"]
+                if k not in prediction.get("mae_at", {})]
+    for i, entry in enumerate(data.get("policies", [])):
+        missing += [f"policies[{i}].{k}" for k in CONTRACT_KEYS["policy"] if k not in entry]
+    for name, points in data.get("frontier", {}).items():
+        for i, point in enumerate(points):
+            missing += [f"frontier.{name}[{i}].{k}" for k in CONTRACT_KEYS["frontier_point"]
+                        if k not in point]
+    return missing
