@@ -17,13 +17,13 @@ _EXPORTS = {
     "read_curves": "ingest", "read_sources": "ingest", "detect_format": "ingest",
     "Decision": "stop.decision", "Reason": "stop.decision", "Prediction": "predict.prediction",
     "Price": "stop.prices", "PriceBook": "stop.prices",
-    "StoppingPolicy": "stop.policies", "CostAware": "stop.policies", "Patience": "stop.policies",
-    "ImprovementProbability": "stop.policies", "Threshold": "stop.policies", "AnyOf": "stop.policies",
-    "AllOf": "stop.policies", "Confirmed": "stop.policies", "DEFAULT_PRICE": "stop.prices", "DEFAULT_RISK": "stop.policies",
+    "StoppingPolicy": "stop.policies", "CostAware": "stop.policies", "Patience": "stop.rules",
+    "ImprovementProbability": "stop.policies", "Threshold": "stop.rules", "AnyOf": "stop.compose",
+    "AllOf": "stop.compose", "Confirmed": "stop.compose", "DEFAULT_PRICE": "stop.prices", "DEFAULT_RISK": "stop.policies",
     "StopController": "stop.controller", "Reporting": "stop.controller", "sync_decision": "stop.controller",
     "Predictor": "predict.model", "split_holdout": "curves.splits",
     "Registry": "ops.registry", "Governor": "ops.governor", "retrain": "ops.retrain",
-    "fleet_report": "ops.report", "backtest": "evaluate.backtest", "replay": "evaluate.backtest",
+    "fleet_report": "ops.report", "backtest": "evaluate.outcomes", "replay": "evaluate.outcomes",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

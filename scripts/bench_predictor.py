@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metastop.evaluate.backtest import seen_at
+from metastop.evaluate.quality import seen_at
 from metastop.curves import Curve, CurveSet, metric_range
 from metastop.predict.fits import FAMILY_NAMES, fit_families
 from metastop.curves.paths import shared_data_dir

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metastop.evaluate.backtest import replay
-from metastop.stop.policies import DEFAULT_RISK, CostAware, Patience
+from metastop.evaluate.outcomes import replay
+from metastop.stop.policies import DEFAULT_RISK, CostAware
+from metastop.stop.rules import Patience
 from metastop.stop.prices import DEFAULT_PRICE
 from metastop.curves.paths import shared_corpus
 from metastop.predict.model import Predictor

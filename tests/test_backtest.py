@@ -1,4 +1,6 @@
-"""Backtest arithmetic on hand-computed tiny cases, and the replay's no-peeking guarantee."""
+"""Backtest arithmetic on hand-computed tiny cases, and the replay's no-peeking guarantee.
+
+Covers ``metastop.evaluate``: outcomes, frontiers, ab, quality, contract and suite."""
 
 from __future__ import annotations
 
@@ -7,15 +9,27 @@ import math
 import numpy as np
 import pytest
 
-from metastop.evaluate.backtest import (
-    Comparison, CurveOutcome, Frontier, FrontierPoint, PolicyReport, backtest, compare,
-    contract_problems, frontier, frontier_from_reports, hull_gap, never_stop, oracle,
-    oracle_stop, outcome, p95, prediction_report, replay, report_json,
-)
 from metastop.curves import Curve
-from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
+from metastop.evaluate.ab import Comparison, compare, hull_gap
+from metastop.evaluate.common import p95
+from metastop.evaluate.contract import contract_problems, report_json
+from metastop.evaluate.frontiers import (
+    Frontier, FrontierPoint, frontier, frontier_from_reports, oracle_frontier,
+)
+from metastop.evaluate.outcomes import (
+    CurveOutcome, PolicyReport, backtest, never_stop, oracle, oracle_stop, outcome, replay,
+)
+from metastop.evaluate.quality import prediction_report
+from metastop.evaluate.suite import make_policy, run_suite
 from metastop.predict.prediction import Prediction
+from metastop.stop.decision import Decision, Reason
+from metastop.stop.prices import POINT, Price, to_points
+
+
+def per_budget(k: float) -> Price:
+    """The price at which a run's full budget is worth ``k`` points."""
+    return Price.fraction_of_budget(1 / k)
 
 
 def _decision(curve: Curve, stop: bool) -> Decision:
@@ -99,28 +113,30 @@ def test_minimize_metric_loss_is_in_metric_units_and_non_negative():
     assert outcome(loss, 2, keep="last").em_loss == pytest.approx(1.5)
 
 
-@pytest.mark.parametrize("price, keep, expected", [
-    (0.0, "best", 4),       # free tokens: run to the best point
+@pytest.mark.parametrize("k, keep, expected", [
+    (1e-9, "best", 4),      # (almost) free tokens: run to the best point
     (10.0, "best", 4),      # U = 6, 36, 34, 27, 40
     (40.0, "best", 1),      # U = 2, 24, 16, 8, 10
     (1000.0, "best", 0),    # tokens cost more than any gain
     (40.0, "last", 1),
 ])
-def test_oracle_stop_index(price, keep, expected):
-    assert oracle_stop(CURVE, price, keep=keep) == expected
+def test_oracle_stop_index(k, keep, expected):
+    assert oracle_stop(CURVE, per_budget(k), keep=keep) == expected
 
 
-def test_utility_formula():
+def test_utility_formula_is_in_points():
     o = outcome(CURVE, 1)
-    assert o.utility(40.0) == pytest.approx(100 * 0.4 - 40 * 0.4)
+    assert o.utility(per_budget(40)) == pytest.approx(100 * 0.4 - 40 * 0.4)
+    assert o.utility(per_budget(40)) == pytest.approx(to_points(0.4) - 40 * 0.4)
+    assert POINT == 0.01
 
 
 def test_oracle_beats_every_stop_index_in_utility():
     rng = np.random.default_rng(3)
     for i in range(20):
         c = Curve(f"r{i}", tokens=np.arange(1, 12), values=rng.random(11))
-        best = oracle_stop(c, 15.0)
-        utilities = [outcome(c, s).utility(15.0) for s in range(len(c))]
+        best = oracle_stop(c, per_budget(15))
+        utilities = [outcome(c, s).utility(per_budget(15)) for s in range(len(c))]
         assert utilities[best] == pytest.approx(max(utilities))
 
 
@@ -129,9 +145,30 @@ def test_bad_parameters_are_rejected():
         outcome(CURVE, 1, keep="median")
     with pytest.raises(ParameterError, match="stop_index must be in"):
         outcome(CURVE, 5)
-    with pytest.raises(ParameterError, match="price must be"):
-        oracle_stop(CURVE, -1.0)
+    with pytest.raises(ParameterError, match="price must be a Price"):
+        oracle_stop(CURVE, "cheap")
 
+
+# A bare number once meant a share of the budget (CLI, as_price) in some places and EM points
+# per full budget (oracle_stop, utility) in others: every one of them now refuses it.
+BARE_PRICE = [
+    ("oracle", lambda: oracle(CURVES, 5.0)),
+    ("oracle_stop", lambda: oracle_stop(CURVE, 40.0)),
+    ("utility", lambda: outcome(CURVE, 1).utility(40.0)),
+    ("utility_mean", lambda: backtest(CURVES, StopAt(2)).utility_mean(0.1)),
+    ("oracle_frontier", lambda: oracle_frontier(CURVES, [0.05, 0.1])),
+    ("run_suite", lambda: run_suite(CURVES, None, policies=("patience-3",), price=0.1)),
+    ("make_policy", lambda: make_policy("metastop", LastValuePredictor(), price=0.05)),
+    ("make_policy patience", lambda: make_policy("patience-5", price=20.0)),
+]
+
+
+@pytest.mark.parametrize("where, call", BARE_PRICE, ids=[w for w, _ in BARE_PRICE])
+def test_a_bare_number_is_not_a_price(where, call):
+    with pytest.raises(ParameterError,
+                       match=r"price must be a Price \(metastop.stop.prices\), got price=.*"
+                             r"Price.fraction_of_budget\(.*points per full budget"):
+        call()
 
 # --- summaries -------------------------------------------------------------------------------
 def test_p95_matches_hand_computation():
@@ -142,14 +179,14 @@ def test_p95_matches_hand_computation():
 
 
 def test_report_means_and_p95():
-    outcomes = [CurveOutcome(f"c{i}", None, 5, 1, 0.5, 0.5 - loss, 0.5)
+    outcomes = [CurveOutcome(f"c{i}", None, 5, 1, 0.5, 0.5 - loss, 0.5, tokens_final=8.0, budget=8.0)
                 for i, loss in enumerate([0.0, 0.0, 0.0, 0.1])]
     report = PolicyReport.from_outcomes("p", {"x": 1}, outcomes)
     assert report.token_savings_mean == pytest.approx(0.5)
     assert report.em_loss_mean == pytest.approx(0.025)
     assert report.em_loss_p95 == pytest.approx(0.085)
     assert report.n_curves == 4
-    assert report.utility_mean(10.0) == pytest.approx(100 * (0.5 - 0.025) - 5.0)
+    assert report.utility_mean(per_budget(10)) == pytest.approx(100 * (0.5 - 0.025) - 5.0)
 
 
 CURVES = [
@@ -213,13 +250,14 @@ def test_replay_without_decide_many_uses_decide():
 
 
 def test_oracle_and_never_reports():
-    o = oracle(CURVES, 40.0)
-    assert o.name == "oracle" and o.params == {"price": 40.0}
+    o = oracle(CURVES, per_budget(40))
+    assert o.name == "oracle" and o.params == {"price": per_budget(40).to_dict()}
     assert [x.stop_index for x in o.outcomes][0] == 1
     never = never_stop(CURVES)
     assert never.token_savings_mean == 0.0 and never.em_loss_mean == 0.0
     for policy in (SimplePatience(1), SimplePatience(3), StopAt(2)):
-        assert oracle(CURVES, 40.0).utility_mean(40.0) >= backtest(CURVES, policy).utility_mean(40.0)
+        price = per_budget(40)
+        assert oracle(CURVES, price).utility_mean(price) >= backtest(CURVES, policy).utility_mean(price)
 
 
 # --- frontier ---------------------------------------------------------------------------------
@@ -332,7 +370,7 @@ def test_prediction_report_by_hand():
 def test_report_json_has_the_contract_keys():
     reports = [backtest(CURVES, SimplePatience(p)) for p in (1, 2)]
     data = report_json(n_curves=len(CURVES), prediction=prediction_report(CURVES, LastValuePredictor()),
-                       policies=reports + [oracle(CURVES, 20.0)],
+                       policies=reports + [oracle(CURVES, per_budget(20))],
                        frontiers={"patience": frontier(CURVES, SimplePatience, [1, 2])})
     assert contract_problems(data) == []
     assert data["n_curves"] == 4
@@ -347,22 +385,22 @@ def test_report_json_has_the_contract_keys():
 
 
 # --- prices, the policy names and the suite --------------------------------------------------
-def test_oracle_with_a_price_object_equals_its_full_budget_price():
-    from metastop.stop.prices import Price
-
-    for f in (0.01, 0.025, 0.05):
-        assert oracle_stop(CURVE, Price.fraction_of_budget(f)) == oracle_stop(CURVE, 1 / f)
-    o = outcome(CURVE, 1)
-    assert o.utility(Price.fraction_of_budget(0.025)) == pytest.approx(o.utility(40.0))
+def test_the_full_run_is_charged_at_what_its_tokens_are_worth():
     # a token price: one point is worth 10 tokens, the run's 50 tokens are worth 5 points
-    assert oracle_stop(CURVE, Price.tokens(10)) == oracle_stop(CURVE, 5.0)
+    assert Price.tokens(10).points_for(50, budget=50) == 5.0
+    assert oracle_stop(CURVE, Price.tokens(10)) == oracle_stop(CURVE, per_budget(5))
+    o = outcome(CURVE, 1)
+    assert o.utility(Price.tokens(10)) == pytest.approx(100 * 0.4 - 5 * 0.4)
+    # a share of the budget: a run that stopped at half its budget is charged on what it ran
+    half = Curve("h", tokens=[10, 20, 30, 40, 50], values=CURVE.values, budget=100)
+    assert Price.fraction_of_budget(0.025).points_for(50, budget=100) == pytest.approx(20.0)
+    assert outcome(half, 1).utility(per_budget(40)) == pytest.approx(100 * 0.4 - 20 * 0.4)
 
 
 def test_make_policy_names():
-    from metastop.evaluate.backtest import make_policy
-    from metastop.stop.policies import CostAware, ImprovementProbability, Patience
-    from metastop.stop.policies import DEFAULT_RISK
+    from metastop.stop.policies import DEFAULT_RISK, CostAware, ImprovementProbability
     from metastop.stop.prices import DEFAULT_PRICE
+    from metastop.stop.rules import Patience
 
     assert isinstance(make_policy("patience-10"), Patience)
     metastop = make_policy("metastop", LastValuePredictor())
@@ -377,7 +415,7 @@ def test_make_policy_names():
 
 
 def test_caching_predictor_asks_once_per_prefix():
-    from metastop.evaluate.backtest import CachingPredictor
+    from metastop.evaluate.suite import CachingPredictor
 
     class Counting(LastValuePredictor):
         calls = 0
@@ -396,7 +434,7 @@ def test_caching_predictor_asks_once_per_prefix():
 
 
 def test_run_suite_json_and_utility():
-    from metastop.evaluate.backtest import STANDARD_POLICIES, metastop_sweep, run_suite
+    from metastop.evaluate.suite import STANDARD_POLICIES, metastop_sweep
 
     rng = np.random.default_rng(1)
     curves = [Curve(f"r{i}", tokens=np.arange(1, 21) * 1e6,
@@ -411,7 +449,9 @@ def test_run_suite_json_and_utility():
     assert len(data["frontier"]["patience"]) == 9 and len(data["frontier"]["metastop"]) == 21
     swept = [(p["params"]["price"]["amount"], p["params"]["risk"], p["params"]["min_fraction"])
              for p in data["frontier"]["metastop"]]
-    assert swept == metastop_sweep() and swept[0] == (0.0005, 0.9, 0.02)
+    assert swept == [(p.amount, r, m) for p, r, m in metastop_sweep()]
+    assert swept[0] == (0.0005, 0.9, 0.02)
+    assert all(p.kind == "fraction_of_budget" for p, _, _ in metastop_sweep())
     oracle_prices = [p["params"]["price"]["amount"] for p in data["frontier"]["oracle"]]
     assert oracle_prices == [price for price, _, _ in swept]
     utility = data["utility"]["policies"]
@@ -423,8 +463,8 @@ def test_run_suite_json_and_utility():
 
 
 def test_make_policy_builds_a_confirmed_metastop():
-    from metastop.evaluate.backtest import make_policy
-    from metastop.stop.policies import Confirmed, CostAware
+    from metastop.stop.compose import Confirmed
+    from metastop.stop.policies import CostAware
 
     policy = make_policy("metastop-confirmed-3", LastValuePredictor())
     assert isinstance(policy, Confirmed) and policy.n == 3 and isinstance(policy.policy, CostAware)

@@ -14,7 +14,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from metastop.evaluate.backtest import STANDARD_POLICIES, contract_problems
+from metastop.evaluate.contract import contract_problems
+from metastop.evaluate.suite import STANDARD_POLICIES
 from metastop.cli.main import main
 from metastop.curves import CurveSet
 from metastop.ingest import read_curves

@@ -12,7 +12,7 @@ from metastop.stop.controller import Reporting, StopController
 from metastop.stop.decision import Decision, Reason
 from metastop.stop.decisionlog import (LOG_VERSION, DecisionLog, LogContext, read_logs,
                                        run_from_records)
-from metastop.stop.policies import Patience
+from metastop.stop.rules import Patience
 
 LOSS = [3.0, 2.5, 2.4, 2.45, 2.44, 2.46]
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 from metastop.integrations.hf import MetaStopCallback  # noqa: E402
-from metastop.stop.policies import Patience  # noqa: E402
+from metastop.stop.rules import Patience  # noqa: E402
 from conftest import cost_aware
 
 pytestmark = pytest.mark.slow

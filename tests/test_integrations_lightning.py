@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
 from metastop.integrations.lightning import MetaStopCallback  # noqa: E402
-from metastop.stop.policies import Patience, Threshold  # noqa: E402
+from metastop.stop.rules import Patience, Threshold  # noqa: E402
 from conftest import cost_aware
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),

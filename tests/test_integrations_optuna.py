@@ -10,7 +10,7 @@ optuna = pytest.importorskip("optuna")
 
 from metastop.errors import ParameterError  # noqa: E402
 from metastop.integrations.optuna import MetaStopPruner  # noqa: E402
-from metastop.stop.policies import Patience  # noqa: E402
+from metastop.stop.rules import Patience  # noqa: E402
 from conftest import cost_aware
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -9,7 +9,7 @@ tune = pytest.importorskip("ray.tune")
 
 from metastop.errors import ParameterError  # noqa: E402
 from metastop.integrations.ray import MetaStopStopper  # noqa: E402
-from metastop.stop.policies import Patience  # noqa: E402
+from metastop.stop.rules import Patience  # noqa: E402
 from conftest import cost_aware
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metastop.evaluate.backtest import Frontier, FrontierPoint
+from metastop.evaluate.frontiers import Frontier, FrontierPoint
 from metastop.curves import Curve
 from metastop.evaluate.plotting import CurvePanel, curve_figure, curve_grid, frontier_figure, frontier_plot
 from metastop.predict.prediction import Prediction

@@ -12,11 +12,13 @@ from metastop.curves import Curve
 from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
 from metastop.predict.prediction import Prediction
-from metastop.stop.prices import Price
+from metastop.stop.compose import AllOf, AnyOf, Confirmed
 from metastop.stop.policies import (
-    DEFAULT_PRICE, DEFAULT_RISK, AllOf, AnyOf, Confirmed, CostAware, ImprovementProbability, Patience,
-    StoppingPolicy, Threshold, evaluation_horizons, probability_above,
+    DEFAULT_RISK, CostAware, ImprovementProbability, StoppingPolicy, evaluation_horizons,
+    probability_above,
 )
+from metastop.stop.prices import DEFAULT_PRICE, Price
+from metastop.stop.rules import Patience, Threshold
 from metastop.stop.controller import StopController
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,7 +293,8 @@ def test_policy_contract(name):
     (lambda: Patience(3, min_delta=-0.01), r"min_delta must be >= 0, got min_delta=-0.01"),
     (lambda: Patience(3, warmup=-1), r"warmup must be an integer >= 0, got warmup=-1"),
     (lambda: CostAware(None), r"predictor must have a predict"),
-    (lambda: CostAware(LinearPredictor(), price=0.05), r"price must be a metastop.prices.Price"),
+    (lambda: CostAware(LinearPredictor(), price=0.05),
+     r"price must be a Price \(metastop.stop.prices\), got price=0.05; .*Price.fraction_of_budget\(0.05\)"),
     (lambda: CostAware(LinearPredictor(), min_fraction=1.5), r"min_fraction=1.5"),
     (lambda: CostAware(LinearPredictor(), risk=float("nan")), r"risk must be finite"),
     (lambda: ImprovementProbability(LinearPredictor(), p=0.0), r"p must be in \(0.0, 1.0\), got p=0.0"),

@@ -252,7 +252,7 @@ def test_calibration_table_of_an_older_layout_is_refused(saved):
     manifest["calibration"]["factors"] = [[0.1]] * 8
     (saved / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"manifest.json: incompatible calibration table .*shape "
-                                         r"\(8, 1\).*expects .*shape \(24, 1, 2\): retrain"):
+                                         r"\(8, 1\).*expects .*shape \(72, 1, 2\): retrain"):
         Predictor.load(saved)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from metastop.errors import ParameterError, ReadError
-from metastop.stop.prices import Price, PriceBook
+from metastop.stop.prices import DEFAULT_PRICE, POINT, Price, PriceBook, check_price, to_points
 
 
 @pytest.mark.parametrize("price, budget, expected", [
@@ -54,6 +55,36 @@ def test_price_round_trip(price):
 ])
 def test_price_short_forms(short, expected):
     assert Price.from_dict(short) == expected
+
+
+def test_one_point_constant_and_one_conversion():
+    assert POINT == 0.01
+    assert to_points(0.37) == pytest.approx(37.0)
+    assert to_points(0.0) == 0.0
+    np.testing.assert_allclose(to_points(np.array([0.005, 0.02])), [0.5, 2.0])
+
+
+@pytest.mark.parametrize("price, tokens, budget, expected", [
+    (Price.fraction_of_budget(0.05), 1e9, 1e9, 20.0),      # a full run at 5% per point
+    (Price.fraction_of_budget(0.05), 5e8, 1e9, 10.0),      # half the budget spent
+    (Price.tokens(1e8), 1e9, 5e12, 10.0),                  # the budget does not matter
+    (Price.money(per_point=100.0, per_million_tokens=0.5), 1e9, 1e9, 5.0),
+])
+def test_points_for_tokens(price, tokens, budget, expected):
+    assert price.points_for(tokens, budget) == pytest.approx(expected)
+    assert price.points_for(price.tokens_per_point(budget), budget) == pytest.approx(1.0)
+
+
+def test_check_price_passes_prices_and_explains_bare_numbers():
+    assert check_price("price", DEFAULT_PRICE) is DEFAULT_PRICE
+    with pytest.raises(ParameterError, match=r"price must be a Price \(metastop.stop.prices\), "
+                                             r"got price=0.05; a bare number is ambiguous: write "
+                                             r"Price.fraction_of_budget\(0.05\)"):
+        check_price("price", 0.05)
+    with pytest.raises(ParameterError, match=r"^default must be a Price .*got default=\{'f': 0.1\}$"):
+        check_price("default", {"f": 0.1})
+    with pytest.raises(ParameterError, match=r"got price=True$"):
+        check_price("price", True)
 
 
 def test_price_is_frozen_and_scales():

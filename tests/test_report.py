@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from metastop.evaluate.backtest import backtest
+from metastop.evaluate.outcomes import backtest
 from metastop.cli.main import main
 from metastop.curves import Curve
 from metastop.ops.governor import Governor, ShadowOutcome
-from metastop.stop.policies import Patience
+from metastop.stop.rules import Patience
 from metastop.stop.prices import Price, PriceBook
 from metastop.ops.report import OVERALL, fleet_report, plot_report, report_rows
 from metastop.stop.controller import StopController, Reporting

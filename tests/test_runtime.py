@@ -13,7 +13,8 @@ from metastop.curves import Curve
 from metastop.stop.decision import Decision, Reason
 from metastop.errors import ParameterError
 from metastop.predict.prediction import Prediction
-from metastop.stop.policies import DEFAULT_RISK, CostAware, Patience, Threshold
+from metastop.stop.policies import DEFAULT_RISK, CostAware
+from metastop.stop.rules import Patience, Threshold
 from metastop.stop.prices import DEFAULT_PRICE
 from metastop.stop.prices import Price
 from metastop.stop.controller import StopController, sync_decision, Reporting

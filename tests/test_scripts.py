@@ -49,7 +49,7 @@ def test_bench_runtime_writes_observe_latency(tmp_path):
 
 
 def test_bench_stopping_writes_the_backtest_contract(tmp_path):
-    from metastop.evaluate.backtest import contract_problems
+    from metastop.evaluate.contract import contract_problems
 
     out = tmp_path / "stopping.json"
     run("scripts/bench_stopping.py", "--corpus", "lcdb", "--limit", "30", "--out", str(out))

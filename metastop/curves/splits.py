@@ -1,8 +1,9 @@
 """The one held-out split that benchmarks evaluate on and the shipped model never sees.
 
-A curve belongs to a *holdout group*: its run (``run_id``; in LCDB the run is the dataset,
-``lcdb/<openml id>``, so whole datasets are held out with every learner's curves on them),
-else its task, else the curve itself. A group is held out when the
+A curve belongs to a *holdout group*: its ``holdout_group`` metadata where a corpus names a
+group wider than one run (LCDB: the dataset, ``lcdb/<openml id>``, so whole datasets are held
+out with every learner's runs on them), else its run (``run_id``), else its task, else the
+curve itself. A group is held out when the
 SHA-256 of ``SALT + group`` falls in the lowest ``HOLDOUT_SHARE`` of the hash range: a
 deterministic rule that needs no stored list and gives the same answer on every machine.
 
@@ -24,14 +25,15 @@ from .schema import Curve
 HOLDOUT_SHARE = 0.2
 """Share of holdout groups held out (by hash, so approximately)."""
 SALT = "metastop-holdout-v1:"
-RULE = (f"group = run_id else task else curve_id; held out when "
+RULE = (f"group = holdout_group else run_id else task else curve_id; held out when "
         f"int(sha256('{SALT}' + group)[:16], 16) / 2**64 < {HOLDOUT_SHARE}")
 """The split rule in words, recorded in model manifests and benchmark reports."""
 
 
 def holdout_group(curve: Curve) -> str:
     """The group a curve is held out with (see the module docstring)."""
-    return curve.run_id or curve.task or curve.curve_id
+    wider = curve.meta.get("holdout_group")
+    return str(wider) if wider else (curve.run_id or curve.task or curve.curve_id)
 
 
 def is_held_out(group_key: str) -> bool:

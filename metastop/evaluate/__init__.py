@@ -4,6 +4,11 @@ Token savings, EM loss (keep-best or keep-last), the hindsight oracle, price fro
 their hulls, paired A/B comparisons with bootstrap intervals, the standard suite behind
 ``metastop backtest``, the per-curve analysis behind ``metastop analyze``, and the figures.
 
+Modules, lowest first: ``common`` (shared helpers), ``outcomes`` (outcomes, reports, replay,
+backtest, the oracle), ``frontiers`` (sweeps and their hulls), ``ab`` (paired comparisons),
+``quality`` (prediction error), ``contract`` (DESIGN.md's backtest JSON), ``suite`` (the named
+policies and the standard suite), ``analysis`` (per-curve analysis), ``plotting``.
+
 Example:
     >>> from metastop.evaluate import backtest  # doctest: +SKIP
     >>> backtest(curves, policy).token_savings_mean  # doctest: +SKIP
@@ -13,9 +18,10 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {"backtest": "backtest", "replay": "backtest", "oracle": "backtest",
-            "frontier": "backtest", "compare": "backtest", "run_suite": "backtest",
-            "analyze_curves": "backtest"}
+_EXPORTS = {"backtest": "outcomes", "replay": "outcomes", "oracle": "outcomes",
+            "frontier": "frontiers", "compare": "ab", "hull_gap": "ab", "run_suite": "suite",
+            "make_policy": "suite", "report_json": "contract", "contract_problems": "contract",
+            "prediction_report": "quality", "analyze_curves": "analysis"}
 
 __all__ = sorted(_EXPORTS)
 

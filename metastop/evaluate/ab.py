@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import ParameterError
 from .common import json_float
-from .frontier import Frontier
-from .replay import PolicyReport
+from .frontiers import Frontier
+from .outcomes import PolicyReport
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ParameterError
 from .common import fraction_key
-from .frontier import Frontier
+from .frontiers import Frontier
+from .outcomes import PolicyReport
 from .quality import MAE_FRACTIONS, PredictionReport
-from .replay import PolicyReport
 
 CONTRACT_KEYS = {
     "top": ("n_curves", "prediction", "policies", "frontier"),

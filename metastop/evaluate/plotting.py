@@ -19,6 +19,7 @@ import numpy as np
 
 from ..curves import Curve, atomic_path
 from ..predict.prediction import Prediction
+from ..stop.prices import to_points
 
 BAND = (0.1, 0.9)
 """The quantile levels of the predicted band: an 80% interval."""
@@ -132,20 +133,20 @@ def frontier_figure(frontiers: Mapping[str, Any], points: Mapping[str, tuple[flo
     """Token savings against mean EM loss: one line per swept policy (``Frontier``), one
     marker per single setting in ``points`` (name -> (savings, loss)), oracle lines dashed.
 
-    Savings are drawn in percent and losses in points (0.01 of a 0-1 metric).
+    Savings are drawn in percent and losses in points (``to_points``: 0.01 of a 0-1 metric).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, (name, front) in enumerate(frontiers.items()):
         xs = [100 * p.token_savings_mean for p in front.points]
-        ys = [100 * p.em_loss_mean for p in front.points]
+        ys = [to_points(p.em_loss_mean) for p in front.points]
         order = np.argsort(xs)
         style = "k--" if name.startswith("oracle") else "o-"
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, ms=4, lw=1.3, label=name,
                 **({} if name.startswith("oracle") else {"color": f"C{i}"}))
     for j, (name, (savings, loss)) in enumerate((points or {}).items()):
         marker = "*" if name.startswith("oracle") else "s"
-        ax.plot([100 * savings], [100 * loss], marker, ms=12 if marker == "*" else 7,
+        ax.plot([100 * savings], [to_points(loss)], marker, ms=12 if marker == "*" else 7,
                 color="k" if marker == "*" else f"C{(j + len(frontiers)) % 10}", label=name)
     ax.set_xlabel("token savings (%)")
     ax.set_ylabel("mean EM loss, keep-best (points)")

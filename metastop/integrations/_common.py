@@ -6,6 +6,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Iterable
 
+from .._checks import positive
 from ..errors import ParameterError
 from ..stop.controller import Reporting, StopController
 
@@ -20,18 +21,97 @@ def require(module: str, extra: str) -> ModuleType:
 
 
 def make_controller(controller: Any, policy: Any, budget: float | None, curve_id: str,
-                    reporting: Reporting | None = None) -> Any:
-    """The controller given, or one built from ``policy``, ``budget`` and ``reporting``."""
+                    reporting: Reporting | None = None, direction: str | None = None) -> Any:
+    """The controller given, or one built from ``policy``, ``budget`` and ``reporting``.
+
+    ``direction`` (``None``: maximize) is that of the controller built; a given controller
+    whose direction differs is refused.
+    """
     if controller is not None:
-        if policy is not None or budget is not None or reporting is not None:
-            raise ParameterError("give either controller or policy/budget/reporting, not both; "
-                                 f"got controller={controller!r} with policy={policy!r}, "
-                                 f"budget={budget!r}, reporting={reporting!r}")
+        _check_given(controller, policy, budget, reporting)
+        if direction is not None:
+            check_direction(controller, direction, "direction=")
         return controller
     if budget is None:
         raise ParameterError("budget (planned total tokens) is required when no controller is "
                              "given, got budget=None")
-    return StopController(policy, budget=budget, curve_id=curve_id, reporting=reporting)
+    return StopController(policy, budget=budget, curve_id=curve_id, reporting=reporting,
+                          **({"direction": direction} if direction is not None else {}))
+
+
+def check_direction(controller: Any, direction: str, where: str) -> None:
+    """``ParameterError`` if ``controller`` decides for another direction than ``where`` says."""
+    have = getattr(controller, "direction", None)
+    if have is not None and have != direction:
+        raise ParameterError(f"the controller given has direction={have!r} but {where} says "
+                             f"{direction!r}; build the StopController with "
+                             f"direction={direction!r} or change {where}")
+
+
+class LazyController:
+    """The controller a callback drives: the one given, or one built from ``policy``,
+    ``budget`` and ``reporting`` once the run's direction (and, without a budget, the
+    framework's planned steps) is known. State loaded before then waits for it.
+    """
+
+    def __init__(self, controller: Any, policy: Any, budget: float | None,
+                 reporting: Reporting | None, curve_id: str):
+        if controller is not None:
+            _check_given(controller, policy, budget, reporting)
+        self.controller = controller
+        self.budget = None if budget is None else positive("budget", budget)
+        self.policy, self.reporting, self.curve_id = policy, reporting, curve_id
+        self._waiting: dict[str, Any] | None = None
+
+    @property
+    def needs_budget(self) -> bool:
+        """Whether building the controller needs a budget from the framework."""
+        return self.controller is None and self.budget is None and self._saved_budget() is None
+
+    def get(self, direction: str, budget: float | None = None) -> Any:
+        """The controller, built on first use with ``direction`` and the first budget known
+        of ``budget=`` given at construction, the saved state's and ``budget`` here."""
+        if self.controller is None:
+            chosen = next((b for b in (self.budget, self._saved_budget(), budget) if b is not None),
+                          None)
+            if chosen is None:
+                raise ParameterError("budget is unknown: pass budget= (planned total tokens)")
+            self.controller = StopController(self.policy, budget=chosen, direction=direction,
+                                             curve_id=self.curve_id, reporting=self.reporting)
+            if self._waiting is not None:
+                self.controller.load_state_dict(self._waiting)
+                self._waiting = None
+        return self.controller
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.controller.state_dict() if self.controller is not None else self._waiting
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        if self.controller is not None:
+            self.controller.load_state_dict(state)
+        else:
+            self._waiting = dict(state)
+
+    def _saved_budget(self) -> float | None:
+        budget = (self._waiting or {}).get("budget")
+        return float(budget) if isinstance(budget, (int, float)) and budget > 0 else None
+
+
+def _check_given(controller: Any, policy: Any, budget: Any, reporting: Any) -> None:
+    if policy is not None or budget is not None or reporting is not None:
+        raise ParameterError("give either controller or policy/budget/reporting, not both; "
+                             f"got controller={controller!r} with policy={policy!r}, "
+                             f"budget={budget!r}, reporting={reporting!r}")
+
+
+def rescale(controller: Any, divisor: float) -> None:
+    """Divide the values a controller has kept by ``divisor`` (a score read as 0-1 that
+    turned out to be on 0-100); its past decisions stay as they were made."""
+    state = controller.state_dict()
+    state["values"] = [v / divisor for v in state["values"]]
+    controller.load_state_dict(state)
 
 
 def missing_metric(name: str, present: Iterable[str]) -> str:

@@ -2,7 +2,7 @@
 
 Example:
     >>> from metastop.integrations.lightning import MetaStopCallback  # doctest: +SKIP
-    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.rules import Patience  # doctest: +SKIP
     >>> stop = MetaStopCallback(policy=Patience(3), budget=2e8, monitor="val_em",
     ...                         tokens_per_step=8 * 512)  # doctest: +SKIP
     >>> lightning.Trainer(max_steps=50_000, callbacks=[stop]).fit(model)  # doctest: +SKIP

@@ -3,7 +3,7 @@
 Example:
     >>> import optuna  # doctest: +SKIP
     >>> from metastop.integrations.optuna import MetaStopPruner  # doctest: +SKIP
-    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.rules import Patience  # doctest: +SKIP
     >>> study = optuna.create_study(direction="maximize",
     ...                             pruner=MetaStopPruner(Patience(3), budget=100))  # doctest: +SKIP
     >>> # in the objective: trial.report(em, step); if trial.should_prune(): raise optuna.TrialPruned()

@@ -3,7 +3,7 @@
 Example:
     >>> from ray import tune  # doctest: +SKIP
     >>> from metastop.integrations.ray import MetaStopStopper  # doctest: +SKIP
-    >>> from metastop.stop.policies import Patience  # doctest: +SKIP
+    >>> from metastop.stop.rules import Patience  # doctest: +SKIP
     >>> stopper = MetaStopStopper(Patience(3), budget=1e8, metric="em", tokens="tokens")  # doctest: +SKIP
     >>> tune.Tuner(train_fn, run_config=tune.RunConfig(stop=stopper)).fit()  # doctest: +SKIP
 """

@@ -40,7 +40,7 @@ import numpy as np
 from ..curves import atomic_path
 from ..errors import ParameterError, ReadError
 from ..stop.decisionlog import RunLog, read_logs
-from ..stop.prices import POINT, PriceBook, Price
+from ..stop.prices import PriceBook, Price, to_points
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def shadow_outcome(run: RunLog) -> ShadowOutcome:
         raise ParameterError(f"run {run.run_id!r}: decision log has no finite value up to "
                              f"its would-stop point")
     return ShadowOutcome(
-        run_id=run.run_id, task=run.task, em_loss=float(abs(best[-1] - best[s])) / POINT,
+        run_id=run.run_id, task=run.task, em_loss=to_points(float(abs(best[-1] - best[s]))),
         tokens_saved=float(max(0.0, tokens[-1] - tokens[s]) / run.budget),
         stop_tokens=float(tokens[s]) if stop is not None else None,
         final_tokens=float(tokens[-1]), budget=run.budget, time=run.points[-1].time,

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -42,11 +43,25 @@ FINISHED_RUNS = "finished_runs"
 
 @dataclass(frozen=True)
 class Corpus:
-    """One training corpus: a curve file, and at most ``cap`` of its training curves."""
+    """One training corpus: a curve file, and at most ``cap`` of its training curves.
+
+    ``task_column`` names the metadata column that is the corpus's task where its table has
+    no ``task`` (nanoGPT: the track): siblings for task memory are found by task.
+    """
 
     name: str
     path: Path
     cap: int | None = None
+    task_column: str | None = None
+
+    def read(self) -> CurveSet:
+        """The corpus's valid curves (invalid ones are dropped and counted), with tasks."""
+        curves = read_curves(self.path, on_error="skip")
+        if self.task_column is None:
+            return curves
+        return CurveSet((c if c.task is not None else
+                         dataclasses.replace(c, task=_text(c.meta.get(self.task_column)))
+                         for c in curves), dropped=curves.dropped)
 
 
 def default_corpora(data_dir: str | os.PathLike = DATA_DIR,
@@ -56,7 +71,7 @@ def default_corpora(data_dir: str | os.PathLike = DATA_DIR,
     return (Corpus("lcdb", data / "lcdb.parquet", 12_000),
             Corpus("pythia_evals", shared / "pythia_evals.parquet"),
             Corpus("pythia_arithmetic", shared / "pythia_arithmetic.parquet", 3_000),
-            Corpus("nanogpt_speedrun", shared / "nanogpt_speedrun.parquet"),
+            Corpus("nanogpt_speedrun", shared / "nanogpt_speedrun.parquet", task_column="track"),
             Corpus("em_curves", data / "em_curves.parquet"))
 
 
@@ -129,7 +144,7 @@ def _present(corpus: Corpus) -> bool:
 
 
 def _corpus_part(corpus: Corpus, recipe: Recipe, rng: np.random.Generator) -> tuple:
-    curves = read_curves(corpus.path, on_error="skip")
+    curves = corpus.read()
     cap = recipe.max_curves if recipe.max_curves is not None else corpus.cap
     source = {"path": _display(corpus.path), "sha256": sha256_file(corpus.path),
               "n_curves_dropped_invalid": len(curves.dropped)}
@@ -151,6 +166,10 @@ def _part(name: str, curves: CurveSet, cap: int | None, rng: np.random.Generator
               "n_curves": len(curves), "n_curves_train_split": len(train),
               "n_curves_held_out": len(held_out), "n_curves_used": len(chosen)}
     return chosen, np.full(len(chosen), weight), held_out, record
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value != value else str(value)
 
 
 def _display(path: Path) -> str:

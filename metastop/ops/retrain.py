@@ -70,7 +70,7 @@ def dask_trainer(client: Any) -> Any:
         import dask.array as da
         import lightgbm.dask as lgb_dask
 
-        from ..predict.features import FEATURE_NAMES
+        from ..predict.model import column_names
 
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         rows = max(1, math.ceil(len(X) / n_workers))
@@ -80,7 +80,7 @@ def dask_trainer(client: Any) -> Any:
         model = lgb_dask.DaskLGBMRegressor(client=client, **params)
         model.fit(da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(y, chunks=rows),
                   sample_weight=da.from_array(weight, chunks=rows),
-                  feature_name=list(FEATURE_NAMES))
+                  feature_name=column_names(X.shape[1]))
         return model.booster_
 
     return train
@@ -140,7 +140,8 @@ class Evaluation:
 
 def evaluate(predictor: Any, curves: Sequence[Curve], *, utility: bool = True) -> Evaluation:
     """Held-out MAE at 25% observed and CostAware utility at the default price."""
-    from ..evaluate.backtest import backtest, prediction_report
+    from ..evaluate.outcomes import backtest
+    from ..evaluate.quality import prediction_report
     from ..stop.policies import CostAware
     from ..stop.prices import DEFAULT_PRICE
 

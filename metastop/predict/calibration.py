@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .kinds import BUCKET_EDGES, N_CELLS, _cell
+from .kinds import BUCKET_EDGES, N_BASE_CELLS, N_CELLS, _cell
 from .rows import _Rows
 
 _WIDTH_STABILIZER = 0.5
@@ -27,8 +27,11 @@ near-zero-width intervals (flat curves) still get an absolute correction."""
 
 def calibrated(raw: np.ndarray, calibration: Mapping[str, Any], cell: np.ndarray) -> np.ndarray:
     """Sort the quantiles, then move each side of each symmetric pair out by its conformal
-    factor (per calibration cell, see ``kinds._cell``) times the pair's predicted width."""
-    return _apply_conformal(np.sort(raw, axis=1), np.asarray(calibration["factors"])[cell])
+    factor (per calibration cell, see ``kinds._cell``) times the pair's predicted width. A
+    model calibrated without context sizes has ``N_BASE_CELLS`` cells: ``cell % n`` is its
+    cell."""
+    factors = np.asarray(calibration["factors"])
+    return _apply_conformal(np.sort(raw, axis=1), factors[np.asarray(cell) % len(factors)])
 
 
 def _pair_widths(q: np.ndarray) -> np.ndarray:
@@ -71,8 +74,8 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
     in proportion and zero-width ones still by an absolute amount); each side's factor is
     the ``ceil((n + 1)(1 - (1 - c) / 2)) / n`` empirical quantile of its scores. Calibrating
     the sides apart lets a model that is too pessimistic on one side and too optimistic on
-    the other be corrected on both. Cells with fewer than 50 rows use the rows of their
-    observed-fraction bucket, then all rows.
+    the other be corrected on both. Cells with fewer than 50 rows use the rows of the same
+    cell at any context size, then of their observed-fraction bucket, then all rows.
     """
     n_q = len(quantiles)
     raw = np.sort(raw, axis=1)
@@ -81,6 +84,8 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
     factors = np.zeros((N_CELLS, n_q // 2, 2))
     for b in range(N_CELLS):
         rows = cells == b
+        if rows.sum() < 50:
+            rows = cells % N_BASE_CELLS == b % N_BASE_CELLS
         if rows.sum() < 50:
             rows = cells % n_buckets == b % n_buckets
         if rows.sum() < 50:
@@ -96,7 +101,7 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
     return {"bucket_edges": list(BUCKET_EDGES), "factors": factors.tolist(),
             "cells": "observed-fraction bucket + n_buckets * kind (0 accuracy-like, 1 loss-like: "
                      "best score < 0, 2 perplexity) + 3 * n_buckets * (horizon at the budget's "
-                     "end)",
+                     "end) + n_base_cells * context size bucket (0, 1-2, >= 3 siblings)",
             "layout": "factors[cell][pair][side], side 0 low, 1 high",
             "method": "split-conformal CQR (Romano et al. 2019), asymmetric (each side "
                       "calibrated apart), scores normalised by the predicted interval width, "
@@ -108,7 +113,8 @@ def _calibration_metrics(calibration: Mapping[str, Any], quantiles: Sequence[flo
                          raw: np.ndarray, rows: _Rows, part: np.ndarray) -> dict[str, Any]:
     """Coverage of the outer interval before and after calibration, on the calibration rows."""
     cal = calibrated(raw, calibration, _cell(rows.fraction[part], rows.best[part],
-                                             rows.horizon[part], rows.perplexity[part]))
+                                             rows.horizon[part], rows.perplexity[part],
+                                             rows.n_context[part]))
     y = rows.y[part]
     inside_raw = (raw[:, 0] <= y) & (y <= raw[:, -1])
     inside = (cal[:, 0] <= y) & (y <= cal[:, -1])

@@ -29,7 +29,11 @@ N_KINDS = 3
 _PRIOR_FLOOR = 0.01
 N_CELL_KINDS = 3
 """Kinds of curve calibrated apart: accuracy-like, loss-like, perplexity."""
-N_CELLS = 2 * N_CELL_KINDS * (len(BUCKET_EDGES) + 1)
+N_BASE_CELLS = 2 * N_CELL_KINDS * (len(BUCKET_EDGES) + 1)
+"""Cells of a model without task memory: fraction bucket x kind x horizon at the end."""
+CONTEXT_EDGES = (1, 3)
+"""Context sizes calibrated apart: no sibling, 1-2 siblings, 3 or more."""
+N_CELLS = N_BASE_CELLS * (len(CONTEXT_EDGES) + 1)
 _AT_END = 1.0 - 1e-9
 """Horizons at or past this fraction of the budget are the budget's end."""
 
@@ -46,16 +50,20 @@ def _kind(score: np.ndarray) -> np.ndarray:
 
 
 def _cell(fraction: np.ndarray, best: np.ndarray, horizon: np.ndarray,
-          perplexity: np.ndarray) -> np.ndarray:
+          perplexity: np.ndarray, n_context: np.ndarray | int = 0) -> np.ndarray:
     """Calibration cell of a row: observed-fraction bucket x kind of curve x (horizon at the
     budget's end or before it: the final value is what most decisions turn on, and the
     longest look ahead). The kinds are accuracy-like, loss-like (best score < 0) and
     perplexity (``metric_floor`` 1): a perplexity is the exponential of a loss, and its
-    errors, even relative to its scale, are of another size than a loss's."""
+    errors, even relative to its scale, are of another size than a loss's. The context size
+    (``CONTEXT_EDGES``) is the highest digit, so ``cell % N_BASE_CELLS`` is the cell of a
+    model without task memory."""
     n_buckets = len(BUCKET_EDGES) + 1
     kind = np.where(perplexity, 2, (_kind(best) == 1).astype(int))
+    context = np.searchsorted(np.asarray(CONTEXT_EDGES), n_context, side="right")
     return (_bucket(fraction) + n_buckets * kind
-            + N_CELL_KINDS * n_buckets * (np.asarray(horizon) >= _AT_END))
+            + N_CELL_KINDS * n_buckets * (np.asarray(horizon) >= _AT_END)
+            + N_BASE_CELLS * context)
 
 
 def _is_perplexity(curve: Curve) -> bool:

@@ -27,8 +27,9 @@ from ..curves import atomic_path
 from ..curves.paths import MODELS_DIR
 from ..errors import ModelError
 from .champion import MANIFEST
+from .context import CONTEXT_NAMES
 from .features import FEATURE_NAMES, FEATURE_VERSION
-from .kinds import BUCKET_EDGES, N_CELLS, N_KINDS, PRIOR_EDGES
+from .kinds import BUCKET_EDGES, N_BASE_CELLS, N_CELLS, N_KINDS, PRIOR_EDGES
 
 FORMAT = "metastop-predictor"
 FORMAT_VERSION = 1
@@ -145,8 +146,8 @@ def read_predictor_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelError(f"file {path}: not a {FORMAT} manifest (format="
                          f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("feature_version") != FEATURE_VERSION or \
-            manifest.get("feature_names") != list(FEATURE_NAMES):
+    if manifest.get("feature_version") != FEATURE_VERSION or manifest.get("feature_names") not in (
+            list(FEATURE_NAMES), list(FEATURE_NAMES) + list(CONTEXT_NAMES)):
         raise ModelError(f"file {path}: incompatible feature version "
                          f"{manifest.get('feature_version')!r}; this metastop computes feature "
                          f"version {FEATURE_VERSION!r} ({len(FEATURE_NAMES)} features): retrain")
@@ -161,7 +162,8 @@ def _check_layout(manifest: dict[str, Any], path: Path) -> None:
     """The calibration and prior tables must have the shapes this metastop indexes."""
     n_pairs = len(manifest["quantiles"]) // 2
     prior_shape = (N_KINDS, len(PRIOR_EDGES) + 1, len(manifest["quantiles"]))
-    expected = {"calibration": (list(BUCKET_EDGES), "factors", (N_CELLS, n_pairs, 2)),
+    cells = N_CELLS if _has_context(manifest) else N_BASE_CELLS
+    expected = {"calibration": (list(BUCKET_EDGES), "factors", (cells, n_pairs, 2)),
                 "prior": (list(PRIOR_EDGES), "gain_quantiles", prior_shape)}
     for key, (edges, table, shape) in expected.items():
         entry = manifest[key]
@@ -177,6 +179,12 @@ def _check_layout(manifest: dict[str, Any], path: Path) -> None:
     if not isinstance(by_metric, dict) or bad:
         raise ModelError(f"file {path}: prior.by_metric must map metric names to tables of shape "
                          f"{prior_shape}; wrong: {bad or type(by_metric).__name__}: retrain")
+
+
+def _has_context(manifest: dict[str, Any]) -> bool:
+    """Whether the model reads context features (task memory): its feature names say."""
+    names = manifest.get("feature_names")
+    return isinstance(names, list) and any(str(n).startswith("ctx_") for n in names)
 
 
 def _shape(table: Any) -> tuple[int, ...] | None:

@@ -36,6 +36,7 @@ from ..curves.splits import holdout_group, is_held_out
 from ..errors import ModelError, NotFittedError, ParameterError
 from .calibration import _calibration_metrics, _conformal_offsets, calibrated
 from .champion import MANIFEST, champion_dir
+from .context import CONTEXT_NAMES, SiblingPool, as_context, context_matrix
 from .features import FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix
 from .kinds import _cell, _is_perplexity
 from .manifest import (FORMAT, FORMAT_VERSION, model_files, read_booster,
@@ -67,8 +68,14 @@ def train_booster(params: dict[str, Any], X: np.ndarray, y: np.ndarray,
     """Train one booster on this machine (the default ``BoosterTrainer``)."""
     import lightgbm as lgb
 
-    data = lgb.Dataset(X, y, weight=weight, feature_name=list(FEATURE_NAMES), free_raw_data=True)
+    data = lgb.Dataset(X, y, weight=weight, feature_name=column_names(X.shape[1]),
+                       free_raw_data=True)
     return lgb.train(params, data)
+
+
+def column_names(n_columns: int) -> list[str]:
+    """The names of a feature matrix's columns: the curve's features, then the context's."""
+    return list(FEATURE_NAMES + CONTEXT_NAMES)[:n_columns]
 
 
 class Predictor:
@@ -99,7 +106,8 @@ class Predictor:
     def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9), n_estimators: int = 150,
                  learning_rate: float = 0.08, num_leaves: int = 31, min_child_samples: int = 100,
                  max_prefixes: int = 6, max_horizons: int = 4, calibration_share: float = 0.2,
-                 num_threads: int = 1, random_state: int = 0, target: str = "value"):
+                 num_threads: int = 1, random_state: int = 0, target: str = "value",
+                 context: bool = True):
         self.quantiles = quantiles
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -111,6 +119,7 @@ class Predictor:
         self.num_threads = num_threads
         self.random_state = random_state
         self.target = target
+        self.context = context
 
     # --- parameters ----------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -133,6 +142,8 @@ class Predictor:
         if not 0 < self.learning_rate <= 1:
             raise ParameterError(f"learning_rate must be in (0, 1], got "
                                  f"learning_rate={self.learning_rate!r}")
+        if not isinstance(self.context, bool):
+            raise ParameterError(f"context must be True or False, got context={self.context!r}")
         if self.target not in TARGETS:
             raise ParameterError(f"target must be one of {TARGETS}, got target={self.target!r}")
         if not 0 < self.calibration_share < 1:
@@ -167,10 +178,11 @@ class Predictor:
         if len(usable) < 10:
             raise ParameterError(f"curves must hold at least 10 curves with >= 3 points, got "
                                  f"{len(usable)} of {len(curves)}")
-        groups = [curves.group_key(c) for c in usable]
+        groups = [holdout_group(c) for c in usable]
         calibration = _calibration_groups(groups, self.calibration_share, self.random_state)
+        pool = SiblingPool.of(usable) if self.context else None
         rows = _training_rows(usable, self.target, weights[keep], calibration, self.max_prefixes,
-                              self.max_horizons, np.random.default_rng(self.random_state))
+                              self.max_horizons, np.random.default_rng(self.random_state), pool)
         fit_part = rows.group == 0
         logger.info("training on %d rows (%d calibration rows) from %d curves",
                     int(fit_part.sum()), int((~fit_part).sum()), len(usable))
@@ -179,7 +191,7 @@ class Predictor:
                                 rows.weight[fit_part]) for q in self.quantiles]
         raw = self._raw_predict(rows.X[~fit_part])
         cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part], rows.horizon[~fit_part],
-                      rows.perplexity[~fit_part])
+                      rows.perplexity[~fit_part], rows.n_context[~fit_part])
         self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
         self.prior_ = _prior(usable, self.quantiles, target=self.target)
         self.metrics_ = _calibration_metrics(self.calibration_, self.quantiles, raw, rows,
@@ -210,16 +222,29 @@ class Predictor:
         """The raw quantiles calibrated by this model's conformal factors (``calibrated``)."""
         return calibrated(raw, self.calibration_, cell)
 
-    def predict(self, curve: Curve, horizons: Sequence[float] | None = None) -> Prediction:
-        """Predict ``curve`` at ``horizons`` (tokens; default: 8 points up to the budget)."""
-        return self.predict_many([curve], horizons=None if horizons is None else [horizons])[0]
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The model's input columns: the curve's features, then the context's if it has
+        task memory."""
+        return FEATURE_NAMES + (CONTEXT_NAMES if self.context else ())
 
-    def predict_final(self, curve: Curve) -> Prediction:
+    def predict(self, curve: Curve, horizons: Sequence[float] | None = None,
+                context: Any = None) -> Prediction:
+        """Predict ``curve`` at ``horizons`` (tokens; default: 8 points up to the budget).
+
+        ``context``: the finished curves of the same task from other runs (a sequence of
+        ``Curve`` or a ``Context``); ``None`` predicts from the curve alone.
+        """
+        return self.predict_many([curve], horizons=None if horizons is None else [horizons],
+                                 contexts=None if context is None else [context])[0]
+
+    def predict_final(self, curve: Curve, context: Any = None) -> Prediction:
         """Predict ``curve`` at its budget only."""
-        return self.predict(curve, [curve.budget])
+        return self.predict(curve, [curve.budget], context=context)
 
     def predict_many(self, curves: Sequence[Curve], horizons: Sequence[Any] | None = None, *,
-                     fractions: Sequence[float] | None = None) -> list[Prediction]:
+                     fractions: Sequence[float] | None = None,
+                     contexts: Sequence[Any] | None = None) -> list[Prediction]:
         """Predict many curves at once (one feature batch, one model call per quantile).
 
         Args:
@@ -228,19 +253,23 @@ class Predictor:
                 default: ``default_horizons``.
             fractions: alternatively, horizons as fractions of each curve's budget, the same
                 for every curve (e.g. ``[0.5, 1.0]``).
+            contexts: per curve, its siblings (``Context``, a sequence of ``Curve`` or
+                ``None``); a model without task memory ignores them.
 
         Returns:
             One ``Prediction`` per curve, in order.
         """
         self._check_fitted()
         grid = self._horizon_grid(curves, horizons, fractions)
+        ctx = self._contexts(curves, contexts)
         out: list[Prediction | None] = [None] * len(curves)
         modelled = [i for i, c in enumerate(curves) if len(c) >= 2]
         for i in set(range(len(curves))) - set(modelled):
             out[i] = self._prior_prediction(curves[i], grid[i])
         if modelled:
             for i, prediction in zip(modelled, self._model_predictions(
-                    [curves[i] for i in modelled], [grid[i] for i in modelled])):
+                    [curves[i] for i in modelled], [grid[i] for i in modelled],
+                    [ctx[i] for i in modelled])):
                 out[i] = prediction
         return out  # type: ignore[return-value]
 
@@ -257,19 +286,32 @@ class Predictor:
                                  f"{len(horizons)} for {len(curves)} curves")
         return [_checked_horizons(h, c) for h, c in zip(horizons, curves)]
 
-    def _model_predictions(self, curves: list[Curve], grid: list[np.ndarray]) -> list[Prediction]:
+    def _contexts(self, curves: Sequence[Curve], contexts: Sequence[Any] | None) -> list:
+        if contexts is None or not self.context:
+            return [None] * len(curves)
+        if len(contexts) != len(curves):
+            raise ParameterError(f"contexts must hold one entry per curve, got {len(contexts)} "
+                                 f"for {len(curves)} curves")
+        return [as_context(c, x) for c, x in zip(curves, contexts)]
+
+    def _model_predictions(self, curves: list[Curve], grid: list[np.ndarray],
+                           contexts: list) -> list[Prediction]:
         batch = PrefixBatch.from_curves([(c.tokens, c.scores, c.budget) for c in curves])
         width = max(len(h) for h in grid)
         xh = np.full((len(curves), width), np.nan)
         for i, h in enumerate(grid):
             xh[i, :len(h)] = h / batch.budget[i]
         valid = np.isfinite(xh)
-        X = feature_matrix(batch, xh)[valid]
+        X = feature_matrix(batch, xh)
+        if self.context:
+            X = np.concatenate([X, context_matrix(batch, xh, contexts)], axis=2)
+        X = X[valid]
         counts = valid.sum(axis=1)
         row = np.repeat(np.arange(len(curves)), counts)  # the curve of each feature row
         perplexity = np.array([_is_perplexity(c) for c in curves])
+        sizes = np.array([0 if c is None else len(c) for c in contexts])
         rel = self._calibrated(self._raw_predict(X), _cell(batch.x_last[row], batch.best[row],
-                                                           xh[valid], perplexity[row]))
+                                                           xh[valid], perplexity[row], sizes[row]))
         low, high = _score_range(curves)
         scores = np.clip(batch.best[row, None] + batch.scale[row, None] * rel,
                          low[row, None], high[row, None])
@@ -293,7 +335,7 @@ class Predictor:
 
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "feature_version": FEATURE_VERSION, "feature_names": list(FEATURE_NAMES),
+            "feature_version": FEATURE_VERSION, "feature_names": list(self.feature_names),
             "quantiles": list(self.quantiles), "params": self.get_params(),
             "calibration": self.calibration_, "prior": self.prior_,
             "training": self.training_, "metrics": self.metrics_,
@@ -369,6 +411,7 @@ def _checked_horizons(horizons: Any, curve: Curve) -> np.ndarray:
 
 def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
     params = dict(manifest["params"])
+    params["context"] = list(manifest["feature_names"]) != list(FEATURE_NAMES)  # older models
     params["quantiles"] = tuple(manifest["quantiles"])
     try:
         Predictor(**params)._validate()

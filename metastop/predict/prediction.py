@@ -44,7 +44,7 @@ class Prediction:
 
         Linear between the stored levels; beyond the outer ones the quantile function goes
         on with the slope of its outermost segment (the linear tails that
-        ``metastop.policies.probability_above`` assumes), so a level such as 0.99 asks for
+        ``metastop.stop.policies.probability_above`` assumes), so a level such as 0.99 asks for
         more than the 0.9 quantile instead of being clamped to it.
 
         Example:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..curves import Curve
 from ..errors import ParameterError
+from .context import SiblingPool, context_matrix
 from .features import PrefixBatch, feature_matrix, relative_target
 from .kinds import _is_perplexity
 from .manifest import sha256_bytes
@@ -39,6 +40,7 @@ class _Rows:
     best: np.ndarray
     perplexity: np.ndarray
     is_final: np.ndarray
+    n_context: np.ndarray
 
 
 def _calibration_groups(groups: list[str], share: float, random_state: int) -> np.ndarray:
@@ -80,25 +82,28 @@ def _sample(candidates: np.ndarray, k: int, rng: np.random.Generator,
 
 def _training_rows(curves: list[Curve], target: str, weights: np.ndarray, calibration: np.ndarray,
                    max_prefixes: int, max_horizons: int, rng: np.random.Generator,
-                   chunk: int = 20000) -> _Rows:
-    """Prefixes x later observed points of every curve, features computed in chunks."""
-    prefixes, horizons, owners = [], [], []
+                   pool: SiblingPool | None = None, chunk: int = 20000) -> _Rows:
+    """Prefixes x later observed points of every curve, features computed in chunks. With a
+    sibling ``pool`` each prefix gets a random leave-one-run-out context (``pool.draw``)."""
+    prefixes, horizons, owners, contexts = [], [], [], []
     for i, curve in enumerate(curves):
         n = len(curve)
         for k in _sample(np.arange(2, n), max_prefixes, rng, keep_last=False):
             prefixes.append((curve.tokens[:k], curve.scores[:k], curve.budget))
             horizons.append(_sample(np.arange(k, n), max_horizons, rng, keep_last=True))
             owners.append(i)
+            contexts.append(pool.draw(i, rng) if pool is not None else None)
     perplexity = np.array([_is_perplexity(c) for c in curves])
     parts = [_rows_chunk(curves, target, prefixes[s:s + chunk], horizons[s:s + chunk],
-                         owners[s:s + chunk], weights, calibration, perplexity)
+                         owners[s:s + chunk], weights, calibration, perplexity,
+                         contexts[s:s + chunk] if pool is not None else None)
              for s in range(0, len(prefixes), chunk)]
     return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
 
 
 def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons: list, owners: list,
-                weights: np.ndarray, calibration: np.ndarray, perplexity: np.ndarray
-                ) -> tuple[np.ndarray, ...]:
+                weights: np.ndarray, calibration: np.ndarray, perplexity: np.ndarray,
+                contexts: list | None) -> tuple[np.ndarray, ...]:
     batch = PrefixBatch.from_curves(prefixes)
     width = max(len(h) for h in horizons)
     xh = np.full((len(prefixes), width), np.nan)
@@ -112,10 +117,14 @@ def _rows_chunk(curves: list[Curve], target_kind: str, prefixes: list, horizons:
         final[r, :len(idx)] = idx == len(curve) - 1
     valid = np.isfinite(xh)
     counts = valid.sum(axis=1)
-    X = feature_matrix(batch, xh)[valid]
+    X = feature_matrix(batch, xh)
+    if contexts is not None:
+        X = np.concatenate([X, context_matrix(batch, xh, contexts)], axis=2)
+    X = X[valid]
+    n_context = np.array([len(c) if c is not None else 0 for c in (contexts or [None] * len(prefixes))])
     rep = lambda a: np.repeat(a, counts)  # noqa: E731 - per-prefix value on every row
     y = relative_target(target[valid], rep(batch.best), rep(batch.scale))
     owners = np.asarray(owners)
     return (X.astype(np.float32), y, rep(weights[owners] / counts),
             rep(calibration[owners].astype(int)), rep(batch.x_last), xh[valid], rep(batch.best),
-            rep(perplexity[owners]), final[valid])
+            rep(perplexity[owners]), final[valid], rep(n_context))

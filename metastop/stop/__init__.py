@@ -18,9 +18,10 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "Decision": "decision", "Reason": "decision",
     "Price": "prices", "PriceBook": "prices", "POINT": "prices", "DEFAULT_PRICE": "prices",
-    "StoppingPolicy": "policies", "CostAware": "policies", "Patience": "policies",
-    "ImprovementProbability": "policies", "Threshold": "policies", "AnyOf": "policies",
-    "AllOf": "policies", "Confirmed": "policies", "DEFAULT_RISK": "policies",
+    "to_points": "prices",
+    "StoppingPolicy": "policies", "CostAware": "policies", "ImprovementProbability": "policies",
+    "DEFAULT_RISK": "policies", "Patience": "rules", "Threshold": "rules",
+    "AnyOf": "compose", "AllOf": "compose", "Confirmed": "compose",
     "StopController": "controller", "Reporting": "controller", "sync_decision": "controller",
     "DecisionLog": "decisionlog", "read_logs": "decisionlog",
 }

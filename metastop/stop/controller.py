@@ -13,7 +13,7 @@ Under ``torch.distributed`` rank 0 decides and broadcasts its decision, so every
 at the same step. torch is imported only when it is already in use.
 
 Example:
-    >>> from metastop.stop.policies import Patience
+    >>> from metastop.stop.rules import Patience
     >>> ctl = StopController(policy=Patience(3), budget=1e9)
     >>> for tokens, em in [(1e8, 0.30), (2e8, 0.29), (3e8, 0.28), (4e8, 0.28)]:
     ...     decision = ctl.observe(tokens, em)

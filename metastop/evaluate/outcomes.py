@@ -18,7 +18,7 @@ else. Replay is step-synchronous across curves, so a model-based policy is asked
 still-running curves at once (``decide_many``), which keeps the predictor's calls batched.
 
 Example:
-    >>> from metastop.evaluate.replay import backtest
+    >>> from metastop.evaluate.outcomes import backtest
     >>> report = backtest(curves, Patience(5))                      # doctest: +SKIP
     >>> report.token_savings_mean, report.em_loss_mean, report.em_loss_p95  # doctest: +SKIP
 """
@@ -37,8 +37,18 @@ from ..curves import Curve
 from ..errors import ParameterError
 from ..stop.decision import Decision
 from ..stop.prices import Price, check_price, to_points
-from .common import (ORACLE, Policy, Progress, check_keep, decide_many, json_float, mean, p95,
-                     plain, policy_name)
+from .common import (
+    ORACLE,
+    Policy,
+    Progress,
+    check_keep,
+    decide_many,
+    json_float,
+    mean,
+    p95,
+    plain,
+    policy_name,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ setting on a random share of the runs and another on the rest reaches every poin
 them. ``Frontier.loss_at`` reads the loss off that hull.
 
 Example:
-    >>> from metastop.evaluate.frontier import frontier
+    >>> from metastop.evaluate.frontiers import frontier
     >>> f = frontier(curves, lambda p: Patience(p), [1, 3, 5, 10], name="patience")  # doctest: +SKIP
     >>> f.loss_at(0.3)  # doctest: +SKIP
 """
@@ -21,7 +21,7 @@ import numpy as np
 from ..curves import Curve
 from ..stop.prices import Price
 from .common import ORACLE, Policy, Progress, json_float, plain, sub_progress
-from .replay import PolicyReport, backtest, oracle
+from .outcomes import PolicyReport, backtest, oracle
 
 
 @dataclass(frozen=True)
