@@ -23,7 +23,7 @@ _EXPORTS = {
     "StopController": "stop.controller", "Reporting": "stop.controller", "sync_decision": "stop.controller",
     "Predictor": "predict.model", "split_holdout": "curves.splits",
     "Registry": "ops.registry", "Governor": "ops.governor", "retrain": "ops.retrain",
-    "fleet_report": "ops.report", "backtest": "evaluate.outcomes", "replay": "evaluate.outcomes",
+    "fleet_report": "ops.report", "HistoryStore": "curves.history", "backtest": "evaluate.outcomes", "replay": "evaluate.outcomes",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

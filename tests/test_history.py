@@ -1,4 +1,4 @@
-"""The history store (``metastop.ops.history``) and its CLI, on SQLite and on PostgreSQL.
+"""The history store (``metastop.curves.history``) and its CLI, on SQLite and on PostgreSQL.
 
 Every store test runs twice: on an SQLite file and on a real PostgreSQL server that the
 session starts itself (``pgserver``, no root, no system packages), one fresh database per test.
@@ -25,7 +25,7 @@ from metastop.cli.history import history
 from metastop.curves import Curve, CurveSet
 from metastop.errors import MetastopError
 from metastop.ingest import read_curves
-from metastop.ops.history import (DEFAULT_URL, ENV_URL, SCHEMA_VERSION, HistoryError,
+from metastop.curves.history import (DEFAULT_URL, ENV_URL, SCHEMA_VERSION, HistoryError,
                                   HistoryStore, TaskSummary, mask_url, open_history, resolve_url)
 
 pytestmark = pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")  # pgserver's platformdirs
@@ -295,7 +295,7 @@ def test_four_processes_writing_at_once_lose_nothing(url):
 BATCH, POINTS = 10, 20_000  # about 3 MB a transaction: a kill lands inside one
 _WRITER = """
 import sys
-from metastop.ops.history import HistoryStore
+from metastop.curves.history import HistoryStore
 from tests.test_history import BATCH, POINTS, make_curve
 with HistoryStore(sys.argv[1]) as store:
     for batch in range(100_000):

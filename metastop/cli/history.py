@@ -1,6 +1,6 @@
 """``metastop history``: add finished curves to the history store, list and show them.
 
-Thin commands: parse arguments, call ``metastop.ops.history`` and print a rich table (or,
+Thin commands: parse arguments, call ``metastop.curves.history`` and print a rich table (or,
 with ``--json``, the same facts as JSON). The store is named by ``--history URL``, else
 ``$METASTOP_HISTORY``, else ``sqlite:///history.db``. Library errors become a one-line
 message and exit status 1.
@@ -93,7 +93,7 @@ def add_command(curves: tuple[Path, ...], url: str | None, as_json: bool) -> Non
       metastop history add runs/*.parquet --history postgresql://me@db/history
     """
     from ..ingest import read_curves
-    from ..ops.history import HistoryStore
+    from ..curves.history import HistoryStore
 
     tables = [(path, read_curves(path)) for path in curves]
     with HistoryStore(url) as store:
@@ -117,7 +117,7 @@ def list_command(task: str | None, url: str | None, as_json: bool) -> None:
       metastop history list
       metastop history list --task squad --json
     """
-    from ..ops.history import HistoryStore
+    from ..curves.history import HistoryStore
 
     with HistoryStore(url) as store:
         summaries = [s for s in store.tasks() if task is None or s.task == task]
@@ -141,7 +141,7 @@ def show_command(task: str, url: str | None, as_json: bool) -> None:
       metastop history show squad
       metastop history show squad --history sqlite:///team.db --json
     """
-    from ..ops.history import HistoryStore
+    from ..curves.history import HistoryStore
 
     with HistoryStore(url) as store:
         curves = store.curves(task=task)

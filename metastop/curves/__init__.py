@@ -2,8 +2,10 @@
 
 A curve is an eval metric against cumulative training tokens (``Curve``); a ``CurveSet``
 reads as and writes the one long table (one row per evaluation point). Here too: direction
-(the only place signs flip), metric ranges, the fixed held-out split, atomic file writes and
-where the project's files live. Nothing here imports another metastop stage.
+(the only place signs flip), metric ranges, the fixed held-out split, atomic file writes,
+where the project's files live, and the history store of finished runs (``history``, a
+database of curves; imported on use, as it loads SQLAlchemy). Nothing here imports another
+metastop stage.
 
 Example:
     >>> from metastop.curves import Curve

@@ -1,8 +1,8 @@
 """The operations stage: what runs around many training runs, over time.
 
 The model registry (versions, champion, atomic promotion), batch retraining that folds
-finished runs back in, the governor that tunes prices from shadow runs, the fleet report over
-decision logs, and the history store of finished runs that gives predictions task memory.
+finished runs back in (by the one training recipe), the governor that tunes prices from shadow
+runs, and the fleet report over decision logs.
 
 Example:
     >>> from metastop.ops import Registry  # doctest: +SKIP
@@ -15,7 +15,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {"Registry": "registry", "retrain": "retrain", "Governor": "governor",
-            "fleet_report": "report", "HistoryStore": "history"}
+            "fleet_report": "report"}
 
 __all__ = sorted(_EXPORTS)
 

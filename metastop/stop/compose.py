@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from typing import Any, Sequence
 
@@ -42,6 +43,11 @@ class _Composite(StoppingPolicy):
     def decide(self, curve: Curve) -> Decision:
         return self._combine([p.decide(curve) for p in self.policies])
 
+    def with_context(self, context: Any) -> StoppingPolicy:
+        twin = copy.copy(self)
+        twin.policies = tuple(_with_context(p, context) for p in self.policies)
+        return twin
+
     def decide_many(self, curves: Sequence[Curve]) -> list[Decision]:
         per_policy = [_decide_many(p, curves) for p in self.policies]
         return [self._combine(list(row)) for row in zip(*per_policy)]
@@ -49,6 +55,11 @@ class _Composite(StoppingPolicy):
     @abstractmethod
     def _combine(self, decisions: list[Decision]) -> Decision:
         """One decision from the members' decisions (in policy order)."""
+
+
+def _with_context(policy: Any, context: Any) -> Any:
+    method = getattr(policy, "with_context", None)
+    return method(context) if method is not None else policy
 
 
 def _decide_many(policy: Any, curves: Sequence[Curve]) -> list[Decision]:
@@ -125,6 +136,9 @@ class Confirmed(StoppingPolicy):
     def params(self) -> dict[str, Any]:
         return {"n": self.n, "policy": {"name": getattr(self.policy, "name", type(self.policy).__name__),
                                         "params": getattr(self.policy, "params", {})}}
+
+    def with_context(self, context: Any) -> StoppingPolicy:
+        return Confirmed(_with_context(self.policy, context), n=self.n)
 
     def decide(self, curve: Curve) -> Decision:
         return self.decide_many([curve])[0]

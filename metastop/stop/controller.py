@@ -23,11 +23,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -38,13 +36,14 @@ from ..curves import DIRECTIONS, MAXIMIZE, Curve
 from .decision import Decision, Reason
 from ..errors import MetastopError, ParameterError
 from .decisionlog import DecisionLog, LogContext
+from .distributed import _dist_ready, _rank, sync_decision
 from .guards import budget_reached, warming_up
 from .policies import DEFAULT_RISK, CostAware, StoppingPolicy
 from .prices import DEFAULT_PRICE
+from .state import STATE_VERSION, _as_float, _restored_state, _short
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 _SCALE_RATIO = 10.0  # a 0-100 value is at least this many times the 0-1 values before it
 _MAX_OVERSHOOT = 10.0  # tokens beyond this many budgets are a bogus count, not progress
 
@@ -86,7 +85,12 @@ class StopController:
         budget: the run's planned total tokens (> 0).
         direction: ``maximize`` (accuracy, EM) or ``minimize`` (loss).
         task: the task, recorded on the curve and in the log (its price applies).
+        metric: the metric's name (e.g. ``exact_match``): sets its range and finds its siblings.
         run_id, curve_id: recorded on the curve and in every log line.
+        history: the history store (a URL such as ``sqlite:///history.db`` or a
+            ``HistoryStore``): the finished runs of the same task are read once, at the first
+            decision, and every prediction uses them (task memory); ``record()`` adds this
+            run when it is done. Unreadable: a warning, and predictions without context.
         min_tokens: never stop before this many tokens (the policy is not asked).
         reporting: the decision log, shadow mode and distributed sync (``Reporting``).
         predictor: the predictor of the default policy (an error together with ``policy``).
@@ -99,9 +103,9 @@ class StopController:
     """
 
     def __init__(self, policy: StoppingPolicy | None = None, *, budget: float,
-                 direction: str = MAXIMIZE, task: str | None = None, run_id: str | None = None,
-                 curve_id: str = "run", min_tokens: float = 0.0,
-                 reporting: Reporting | None = None, predictor: Any = None):
+                 direction: str = MAXIMIZE, task: str | None = None, metric: str | None = None,
+                 run_id: str | None = None, curve_id: str = "run", min_tokens: float = 0.0,
+                 history: Any = None, reporting: Reporting | None = None, predictor: Any = None):
         self.budget = positive("budget", budget)
         self.min_tokens = positive("min_tokens", min_tokens, allow_zero=True)
         if direction not in DIRECTIONS:
@@ -112,6 +116,8 @@ class StopController:
             raise ParameterError(f"reporting must be a Reporting, got reporting={reporting!r}")
         self.direction = direction
         self.curve_id, self.run_id, self.task = str(curve_id), _id(run_id), _id(task)
+        self.metric, self.history = _id(metric), history
+        self._with_context: StoppingPolicy | None = None
         self.policy = policy if policy is not None else default_policy(predictor)
         self.log = self._decision_log()
         self._tokens: list[float] = []
@@ -200,7 +206,7 @@ class StopController:
 
     def _ask_policy(self, curve: Curve) -> Decision:
         try:
-            decision = self.policy.decide(curve)
+            decision = self._policy(curve).decide(curve)
             if not isinstance(decision, Decision):
                 raise TypeError(f"policy returned {type(decision).__name__}, not a Decision")
             return _checked(decision)
@@ -210,6 +216,37 @@ class StopController:
                            error, exc_info=True)
             return self._plain(curve, False, Reason.PREDICTOR_ERROR,
                                f"continue: prediction failed ({type(error).__name__}: {error})")
+
+    def _policy(self, curve: Curve) -> StoppingPolicy:
+        """The policy, with the task's finished runs as context when a history is given
+        (read once per run)."""
+        if self.history is None:
+            return self.policy
+        if self._with_context is None:
+            self._with_context = self.policy.with_context(_read_context(self.history, curve))
+        return self._with_context
+
+    def record(self, history: Any = None) -> int:
+        """Add this run's curve to the history store (``history``, else the controller's),
+        so that later runs of the task learn from it. Returns the curves added (0 or 1).
+
+        Raises:
+            ParameterError: no history store was given.
+        """
+        store = history if history is not None else self.history
+        if store is None:
+            raise ParameterError("record() needs a history store: pass history= here or to "
+                                 "the StopController")
+        if not self._tokens:
+            return 0
+        from ..curves.history import open_history
+
+        opened = open_history(store)
+        try:
+            return opened.add([self._curve()], source="StopController.record")
+        finally:
+            if opened is not store:
+                opened.close()
 
     def _repeated(self, tokens: Any, value: Any) -> Decision | None:
         """The last decision again when the same evaluation arrives twice (a resumed run
@@ -293,7 +330,7 @@ class StopController:
     def _curve(self) -> Curve:
         return Curve(self.curve_id, np.asarray(self._tokens), np.asarray(self._values),
                      direction=self.direction, budget=max(self.budget, self._tokens[-1]),
-                     run_id=self.run_id, task=self.task)
+                     run_id=self.run_id, task=self.task, metric=self.metric)
 
     def _plain(self, curve: Curve, stop: bool, reason: Reason, message: str) -> Decision:
         return Decision(stop=stop, reason=reason, message=message, tokens=curve.last_tokens,
@@ -324,62 +361,8 @@ def default_policy(predictor: Any = None) -> CostAware:
     return CostAware(predictor, price=DEFAULT_PRICE, risk=DEFAULT_RISK)
 
 
-def sync_decision(decision: Decision) -> Decision:
-    """Rank 0's decision on every rank when ``torch.distributed`` is initialized.
-
-    The decision travels as JSON in a uint8 tensor (no pickle). Without an initialized
-    process group the decision is returned unchanged. Every rank must call this at the
-    same point, as with any collective.
-    """
-    if not _dist_ready():
-        return decision
-    import torch
-    import torch.distributed as dist
-
-    device = (torch.device("cuda", torch.cuda.current_device())
-              if dist.get_backend() == "nccl" else torch.device("cpu"))
-    payload = json.dumps(decision.to_dict()).encode("utf-8") if dist.get_rank() == 0 else b""
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    dist.broadcast(size, src=0)
-    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
-    if dist.get_rank() == 0:
-        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    dist.broadcast(buffer, src=0)
-    return Decision.from_dict(json.loads(bytes(buffer.cpu().numpy().tobytes()).decode("utf-8")))
-
-
-def _dist_ready() -> bool:
-    """Whether torch.distributed is in use; never imports torch itself."""
-    dist = sys.modules.get("torch.distributed")
-    return bool(dist is not None and dist.is_available() and dist.is_initialized())
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
-
-
 def _policy_name(policy: Any) -> str:
     return getattr(policy, "name", type(policy).__name__)
-
-
-def _as_float(x: Any) -> float:
-    """``float(x)``, or NaN for anything that is not a number (whatever its ``__float__`` does)."""
-    if isinstance(x, (bool, str, bytes)):
-        return math.nan
-    try:
-        return float(x)
-    except Exception:  # an object's __float__ can raise anything (a meta tensor, 10**400)
-        return math.nan
-
-
-def _short(x: Any) -> str:
-    try:
-        text = repr(x)
-    except Exception:  # a broken __repr__ must not break the message about it
-        text = f"<{type(x).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _id(x: Any) -> str | None:
@@ -409,47 +392,30 @@ def _failed(tokens: Any, value: Any, error: BaseException) -> Decision:
                     tokens=_as_float(tokens), value=_as_float(value), best=math.nan)
 
 
+def _read_context(history: Any, curve: Curve) -> Any:
+    """The context of ``curve`` from the history store, or ``None`` (with a warning) if the
+    store cannot be read: a training run never fails for want of its history."""
+    from ..curves.history import open_history
+    from ..predict.context import Context
+
+    try:
+        store = open_history(history)
+        try:
+            siblings = store.context_for(curve)
+        finally:
+            if store is not history:
+                store.close()
+    except (MetastopError, OSError) as error:
+        logger.warning("metastop: history %s cannot be read, predicting without context: %s",
+                       history, error)
+        return None
+    context = Context.of(curve, siblings)
+    logger.info("metastop: %d finished run(s) of task %r as context", len(context), curve.task)
+    return context if len(context) else None
+
+
 def _model_version(policy: Any) -> str | None:
     version = getattr(getattr(policy, "predictor", None), "version", None)
     return version if isinstance(version, str) else None
 
 
-def _restored_state(state: Any, ctl: StopController) -> tuple:
-    """The validated parts of a ``state_dict``, or ``ParameterError`` naming the bad key."""
-    if not isinstance(state, Mapping):
-        raise ParameterError(f"state must be a mapping from state_dict(), got {type(state).__name__}")
-    version = state.get("version", STATE_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
-        raise ParameterError(f"state 'version' must be an integer from 1 to {STATE_VERSION} "
-                             f"(this metastop's), got {_short(version)}")
-    tokens, values = (_float_list(state.get(key, []), key) for key in ("tokens", "values"))
-    if len(tokens) != len(values):
-        raise ParameterError(f"state has {len(tokens)} tokens but {len(values)} values")
-    if tokens:
-        try:
-            Curve(ctl.curve_id, tokens, values, direction=ctl.direction,
-                  budget=max(ctl.budget, tokens[-1]))
-        except MetastopError as error:
-            raise ParameterError(f"state 'tokens'/'values' are not a valid curve: {error}") from None
-    decisions = state.get("decisions", [])
-    if not isinstance(decisions, list):
-        raise ParameterError(f"state 'decisions' must be a list, got {type(decisions).__name__}")
-    try:
-        restored = [Decision.from_dict(d) for d in decisions]
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise ParameterError(f"state 'decisions' holds a bad decision: {error}") from None
-    stopped, would = state.get("stopped", False), state.get("would_stop_at")
-    if not isinstance(stopped, bool):
-        raise ParameterError(f"state 'stopped' must be true or false, got {_short(stopped)}")
-    if would is not None and not math.isfinite(_as_float(would)):
-        raise ParameterError(f"state 'would_stop_at' must be a number or null, got {_short(would)}")
-    return tokens, values, restored, stopped, None if would is None else float(would)
-
-
-def _float_list(items: Any, key: str) -> list[float]:
-    if not isinstance(items, list):
-        raise ParameterError(f"state {key!r} must be a list of numbers, got {type(items).__name__}")
-    numbers = [_as_float(x) for x in items]
-    if not all(math.isfinite(x) for x in numbers):
-        raise ParameterError(f"state {key!r} must hold finite numbers only")
-    return numbers

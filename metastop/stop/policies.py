@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ from ..curves import Curve
 from ..errors import ParameterError
 from ..predict.prediction import Prediction
 from .decision import Decision, Reason
+from .guards import budget_reached, warming_up
 from .prices import DEFAULT_PRICE, Price, check_price, to_points
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,11 @@ class StoppingPolicy(ABC):
         """One decision per curve, in order (same results as calling ``decide`` on each)."""
         return [self.decide(curve) for curve in curves]
 
+    def with_context(self, context: Any) -> StoppingPolicy:
+        """This policy predicting with ``context`` (the finished runs of the curve's task,
+        ``metastop.predict.context``); a policy that predicts nothing returns itself."""
+        return self
+
     @property
     def params(self) -> dict[str, Any]:
         """The policy's settings as plain data."""
@@ -93,12 +100,20 @@ class _PredictivePolicy(StoppingPolicy):
 
     predictor: Any
     min_fraction: float
+    context: Any = None
+
+    def with_context(self, context: Any) -> StoppingPolicy:
+        twin = copy.copy(self)
+        twin.context = context
+        return twin
 
     def decide(self, curve: Curve) -> Decision:
         early = self._guard(curve)
         if early is not None:
             return early
-        return self._judge(curve, self.predictor.predict(curve, horizons=self._horizons(curve)))
+        extra = {"context": self.context} if self.context is not None else {}
+        return self._judge(curve, self.predictor.predict(curve, horizons=self._horizons(curve),
+                                                         **extra))
 
     def decide_many(self, curves: Sequence[Curve]) -> list[Decision]:
         decisions: list[Decision | None] = [self._guard(c) for c in curves]
@@ -106,20 +121,16 @@ class _PredictivePolicy(StoppingPolicy):
         if todo:
             batch = [curves[i] for i in todo]
             logger.debug("%s: predicting %d of %d curves in one batch", self.name, len(batch), len(curves))
-            predictions = _predict_many(self.predictor, batch, [self._horizons(c) for c in batch])
+            predictions = _predict_many(self.predictor, batch, [self._horizons(c) for c in batch],
+                                        self.context)
             for i, prediction in zip(todo, predictions):
                 decisions[i] = self._judge(curves[i], prediction)
         return decisions  # type: ignore[return-value]
 
     def _guard(self, curve: Curve) -> Decision | None:
-        if curve.last_tokens >= curve.budget:
-            return self._decision(curve, True, Reason.BUDGET_REACHED,
-                                  f"stop: budget of {_tok(curve.budget)} tokens reached")
-        if len(curve) < 2 or curve.fraction_seen < self.min_fraction:
-            return self._decision(curve, False, Reason.WARMUP,
-                                  f"warm-up: {len(curve)} points, {curve.fraction_seen:.0%} of the "
-                                  f"budget seen (decides from {self.min_fraction:.0%} and 2 points)")
-        return None
+        return (budget_reached(curve, policy=self.name)
+                or warming_up(curve, min_fraction=self.min_fraction, min_points=2,
+                              policy=self.name))
 
     @abstractmethod
     def _horizons(self, curve: Curve) -> np.ndarray:
@@ -136,12 +147,16 @@ class _PredictivePolicy(StoppingPolicy):
                 "interval": (ends[0], ends[1])}
 
 
-def _predict_many(predictor: Any, curves: list[Curve], horizons: list[np.ndarray]) -> list[Prediction]:
-    """Predict a batch; falls back to one call per curve for predictors without a batch method."""
+def _predict_many(predictor: Any, curves: list[Curve], horizons: list[np.ndarray],
+                  context: Any = None) -> list[Prediction]:
+    """Predict a batch (every curve with the same ``context``, if one); falls back to one call
+    per curve for predictors without a batch method."""
     batched = getattr(predictor, "predict_many", None)
+    one = {"context": context} if context is not None else {}
     if batched is None:
-        return [predictor.predict(c, horizons=h) for c, h in zip(curves, horizons)]
-    predictions = list(batched(curves, horizons=horizons))
+        return [predictor.predict(c, horizons=h, **one) for c, h in zip(curves, horizons)]
+    many = {"contexts": [context] * len(curves)} if context is not None else {}
+    predictions = list(batched(curves, horizons=horizons, **many))
     if len(predictions) != len(curves):
         raise ValueError(f"predictor returned {len(predictions)} predictions for {len(curves)} curves")
     return predictions

@@ -39,7 +39,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..curves import Curve, CurveSet
+from .curveset import CurveSet
+from .schema import Curve
 from ..errors import CurveError, MetastopError
 
 log = logging.getLogger(__name__)
