@@ -1,7 +1,8 @@
 """DESIGN.md's backtest JSON: build it (``report_json``) and check it (``contract_problems``).
 
 Other tools read this file, so its keys are a contract: ``n_curves``, ``prediction``
-(``mae_at`` at 0.1 / 0.25 / 0.5 and ``coverage_80``), ``policies`` and ``frontier``. Numbers
+(``mae_at`` at 0.1 / 0.25 / 0.5 and ``coverage_80``), ``policies`` and ``frontier``, and
+since task memory ``context`` (``none`` or ``leave-one-run-out``; older files lack it). Numbers
 are in metric units and fractions, as DESIGN.md says; extra keys may be added, never replace
 these.
 
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ParameterError
 from .common import fraction_key
+from .contexts import CONTEXT_MODES, NONE, check_context_mode
 from .frontiers import Frontier
 from .outcomes import PolicyReport
 from .quality import MAE_FRACTIONS, PredictionReport
@@ -29,19 +31,24 @@ CONTRACT_KEYS = {
     "frontier_point": ("params", "token_savings_mean", "em_loss_mean"),
 }
 """The keys DESIGN.md promises, by where they appear."""
+OPTIONAL_KEYS = {"context": CONTEXT_MODES}
+"""Top-level keys added since the first files, with the values they may take: a file written
+before them lacks them and still conforms."""
 
 
 def report_json(*, n_curves: int, prediction: PredictionReport | None,
                 policies: Sequence[PolicyReport], frontiers: Mapping[str, Frontier],
-                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                context: str = NONE, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The backtest JSON of DESIGN.md: ``n_curves``, ``prediction``, ``policies``,
-    ``frontier`` (extra keys may be added through ``extra``, never replacing these)."""
+    ``frontier``, ``context`` (how curves got their context: ``none`` or
+    ``leave-one-run-out``); extra keys may be added through ``extra``, never replacing these."""
     empty = {"mae_at": {fraction_key(f): None for f in MAE_FRACTIONS}, "coverage_80": None}
     data: dict[str, Any] = {
         "n_curves": int(n_curves),
         "prediction": prediction.to_dict() if prediction is not None else empty,
         "policies": [r.summary() for r in policies],
         "frontier": {name: f.to_list() for name, f in frontiers.items()},
+        "context": check_context_mode(context),
     }
     for key, value in (extra or {}).items():
         if key in data:
@@ -51,8 +58,11 @@ def report_json(*, n_curves: int, prediction: PredictionReport | None,
 
 
 def contract_problems(data: Mapping[str, Any]) -> list[str]:
-    """The keys of DESIGN.md's backtest JSON that ``data`` lacks (empty when it conforms)."""
+    """The keys of DESIGN.md's backtest JSON that ``data`` lacks or holds with a value it may
+    not take (empty when it conforms)."""
     missing = [k for k in CONTRACT_KEYS["top"] if k not in data]
+    missing += [f"{k} (one of {list(allowed)}, got {data[k]!r})"
+                for k, allowed in OPTIONAL_KEYS.items() if k in data and data[k] not in allowed]
     prediction = data.get("prediction", {})
     missing += [f"prediction.{k}" for k in CONTRACT_KEYS["prediction"] if k not in prediction]
     missing += [f"prediction.mae_at.{k}" for k in CONTRACT_KEYS["mae_at"]

@@ -221,22 +221,29 @@ def tokens_fraction(curve: Curve) -> np.ndarray:
 
 
 # --- replay --------------------------------------------------------------------------------
-def replay(curves: Sequence[Curve], policy: Policy, *,
+def replay(curves: Sequence[Curve], policy: Policy, *, contexts: Sequence[Any] | None = None,
            progress: Progress | None = None) -> list[tuple[int, Decision | None]]:
     """Replay every curve through ``policy``; return ``(stop_index, stopping decision)`` each.
 
     Step-synchronous: at step ``i`` the policy is asked, in one ``decide_many`` call when it
     has one, about ``curve.prefix(i + 1)`` of every curve still running. The last point needs
     no decision (the run ends there anyway), so a curve of ``n`` points costs ``n - 1`` calls.
+
+    ``contexts``: per curve, its context (the finished runs of its task, see
+    ``metastop.evaluate.contexts``; ``None`` for none); each curve is decided by
+    ``policy.with_context(its context)``, one call per step for the curves sharing a context.
+    (Curves that each have their own context batch better through a ``ContextPredictor``.)
     """
     curves = list(curves)
+    deciders = _deciders(policy, curves, contexts)
     stops: list[tuple[int, Decision | None]] = [(len(c) - 1, None) for c in curves]
     running = [j for j, c in enumerate(curves) if len(c) > 1]
     total, done, step = sum(len(c) - 1 for c in curves), 0, 0
     while running:
-        decisions = decide_many(policy, [curves[j].prefix(step + 1) for j in running])
+        decisions = _decide_step(deciders, curves, running, step)
         still = []
-        for j, decision in zip(running, decisions):
+        for j in running:
+            decision = decisions[j]
             if decision.stop:
                 stops[j] = (step, decision)
                 done += len(curves[j]) - 1 - step  # this point and the ones never replayed
@@ -250,8 +257,48 @@ def replay(curves: Sequence[Curve], policy: Policy, *,
     return stops
 
 
+def _deciders(policy: Policy, curves: list[Curve], contexts: Sequence[Any] | None) -> list[Policy]:
+    """The policy deciding each curve: ``policy`` itself, or its twin with the curve's
+    context (one twin per distinct context object)."""
+    if contexts is None:
+        return [policy] * len(curves)
+    contexts = list(contexts)
+    if len(contexts) != len(curves):
+        raise ParameterError(f"contexts must hold one entry per curve, got {len(contexts)} "
+                             f"for {len(curves)} curves")
+    twins: dict[int, Policy] = {}
+    out = []
+    for context in contexts:
+        if context is None:
+            out.append(policy)
+            continue
+        if id(context) not in twins:
+            twins[id(context)] = _with_context(policy, context)
+        out.append(twins[id(context)])
+    return out
+
+
+def _with_context(policy: Policy, context: Any) -> Policy:
+    method = getattr(policy, "with_context", None)
+    return method(context) if method is not None else policy
+
+
+def _decide_step(deciders: list[Policy], curves: list[Curve], running: list[int],
+                 step: int) -> dict[int, Decision]:
+    """The decisions after point ``step`` of the running curves, one batch per decider."""
+    groups: dict[int, list[int]] = {}
+    for j in running:
+        groups.setdefault(id(deciders[j]), []).append(j)
+    out: dict[int, Decision] = {}
+    for members in groups.values():
+        decided = decide_many(deciders[members[0]], [curves[j].prefix(step + 1) for j in members])
+        out.update(zip(members, decided))
+    return out
+
+
 def backtest(curves: Sequence[Curve], policy: Policy, *, keep: str = "best",
-             name: str | None = None, progress: Progress | None = None) -> PolicyReport:
+             name: str | None = None, contexts: Sequence[Any] | None = None,
+             progress: Progress | None = None) -> PolicyReport:
     """Replay ``curves`` through ``policy`` and summarize savings and EM loss.
 
     Args:
@@ -259,12 +306,13 @@ def backtest(curves: Sequence[Curve], policy: Policy, *, keep: str = "best",
         policy: anything with ``decide(curve) -> Decision`` (and optionally ``decide_many``).
         keep: ``best`` (restore the best checkpoint seen; default) or ``last``.
         name: the report's name (default: ``policy.name``).
+        contexts: per curve, its context or ``None`` (see ``replay``).
         progress: called as ``progress(done, total)`` points while replaying.
     """
     check_keep(keep)
     curves = list(curves)
     start = time.perf_counter()
-    stops = replay(curves, policy, progress=progress)
+    stops = replay(curves, policy, contexts=contexts, progress=progress)
     outcomes = [outcome(c, s, keep=keep, reason=_reason(d)) for c, (s, d) in zip(curves, stops)]
     wall = time.perf_counter() - start
     logger.info("backtest %s: %d curves in %.1fs", policy_name(policy), len(outcomes), wall)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..curves import Curve
+from ..errors import ParameterError
 from .common import Progress, fraction_key, json_float, mean
 
 MAE_FRACTIONS = (0.1, 0.25, 0.5)
@@ -55,19 +56,23 @@ def seen_at(curve: Curve, fraction: float) -> Curve | None:
 
 def prediction_report(curves: Sequence[Curve], predictor: Any, *,
                       fractions: Sequence[float] = MAE_FRACTIONS,
+                      contexts: Sequence[Any] | None = None,
                       progress: Progress | None = None) -> PredictionReport:
     """MAE of the predicted final value from the first ``f`` of each curve's budget, and the
     80%-interval coverage of the final values, over all ``fractions``.
 
     The final value is the curve's last observation; the prediction is read at its tokens.
     A curve with no point at or below ``f * budget``, or whose last point is already in the
-    prefix, gives no prediction at that fraction.
+    prefix, gives no prediction at that fraction. ``contexts``: per curve, the context its
+    prefixes are predicted with (``None``: none), passed to ``predict_many``.
     """
+    curves = list(curves)
+    contexts = _aligned(contexts, len(curves))
     errors: dict[float, list[float]] = {f: [] for f in fractions}
     inside: list[bool] = []
     for i, f in enumerate(fractions):
-        pairs = [(c, p) for c in curves if (p := seen_at(c, f)) is not None]
-        for (curve, _), prediction in zip(pairs, _predict_at_end(predictor, pairs)):
+        pairs = [(c, p, x) for c, x in zip(curves, contexts) if (p := seen_at(c, f)) is not None]
+        for (curve, _, _), prediction in zip(pairs, _predict_at_end(predictor, pairs)):
             final = float(curve.scores[-1])
             errors[f].append(abs(float(prediction.median[-1]) - final))
             low, high = prediction.quantile(0.1)[-1], prediction.quantile(0.9)[-1]
@@ -78,16 +83,34 @@ def prediction_report(curves: Sequence[Curve], predictor: Any, *,
                             {f: len(e) for f, e in errors.items()}, mean(np.array(inside, float)))
 
 
-def _predict_at_end(predictor: Any, pairs: list[tuple[Curve, Curve]]) -> list[Any]:
-    """Predictions of each prefix at its full curve's last tokens, batched when possible."""
+def _aligned(contexts: Sequence[Any] | None, n: int) -> list[Any]:
+    if contexts is None:
+        return [None] * n
+    contexts = list(contexts)
+    if len(contexts) != n:
+        raise ParameterError(f"contexts must hold one entry per curve, got {len(contexts)} "
+                             f"for {n} curves")
+    return contexts
+
+
+def _predict_at_end(predictor: Any, pairs: list[tuple[Curve, Curve, Any]]) -> list[Any]:
+    """Predictions of each prefix at its full curve's last tokens (with its context, if
+    any), batched when possible."""
     if not pairs:
         return []
-    prefixes = [p for _, p in pairs]
-    horizons = [np.array([c.tokens[-1]]) for c, _ in pairs]
+    prefixes = [p for _, p, _ in pairs]
+    horizons = [np.array([c.tokens[-1]]) for c, _, _ in pairs]
+    contexts = [x for _, _, x in pairs]
+    given = any(x is not None for x in contexts)
     many = getattr(predictor, "predict_many", None)
     if many is not None:
         try:
+            if given:
+                return list(many(prefixes, horizons=horizons, contexts=contexts))
             return list(many(prefixes, horizons=horizons))
         except TypeError:  # a predict_many that takes one horizon grid for all curves
             pass
+    if given:
+        return [predictor.predict(p, horizons=h, context=x)
+                for p, h, x in zip(prefixes, horizons, contexts)]
     return [predictor.predict(p, horizons=h) for p, h in zip(prefixes, horizons)]

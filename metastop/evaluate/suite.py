@@ -42,6 +42,7 @@ from .common import (
     predict_batch,
     sub_progress,
 )
+from .contexts import LEAVE_ONE_RUN_OUT, NONE, ContextPredictor
 from .contract import report_json
 from .frontiers import Frontier, frontier, oracle_frontier
 from .outcomes import PolicyReport, backtest, never_stop, oracle
@@ -68,10 +69,12 @@ PROBABILITY_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35)
 
 
 class CachingPredictor:
-    """Wraps a predictor and remembers its predictions per (curve, prefix length, horizons).
+    """Wraps a predictor and remembers its predictions per (curve, prefix length, horizons,
+    context).
 
     A policy's predictions do not depend on its price, so a price sweep over the same curves
     asks the model only once per prefix. Curve ids must be unique among the curves seen.
+    A context passed in is told apart by identity (and kept alive with the prediction).
 
     Example:
         >>> cached = CachingPredictor(Predictor.load())  # doctest: +SKIP
@@ -80,32 +83,48 @@ class CachingPredictor:
 
     def __init__(self, predictor: Any):
         self.predictor = predictor
-        self._cache: dict[tuple, Any] = {}
+        self._cache: dict[tuple, tuple[Any, Any]] = {}
         self.hits = self.misses = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.predictor, name)
 
     @staticmethod
-    def _key(curve: Curve, horizons: Any) -> tuple:
+    def _key(curve: Curve, horizons: Any, context: Any) -> tuple:
         h = None if horizons is None else np.asarray(horizons, dtype=np.float64).tobytes()
-        return curve.curve_id, len(curve), float(curve.tokens[-1]), h
+        return curve.curve_id, len(curve), float(curve.tokens[-1]), h, id(context)
 
-    def predict(self, curve: Curve, horizons: Any = None) -> Any:
-        return self.predict_many([curve], horizons=None if horizons is None else [horizons])[0]
+    def predict(self, curve: Curve, horizons: Any = None, context: Any = None) -> Any:
+        return self.predict_many([curve], horizons=None if horizons is None else [horizons],
+                                 contexts=None if context is None else [context])[0]
 
-    def predict_many(self, curves: Sequence[Curve], horizons: Any = None) -> list[Any]:
+    def predict_many(self, curves: Sequence[Curve], horizons: Any = None, *,
+                     contexts: Sequence[Any] | None = None) -> list[Any]:
         per_curve = _per_curve_horizons(horizons, len(curves))
-        keys = [self._key(c, h) for c, h in zip(curves, per_curve)]
+        given = [None] * len(curves) if contexts is None else list(contexts)
+        keys = [self._key(c, h, x) for c, h, x in zip(curves, per_curve, given)]
         todo = [i for i, k in enumerate(keys) if k not in self._cache]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         if todo:
-            fresh = predict_batch(self.predictor, [curves[i] for i in todo],
-                                  [per_curve[i] for i in todo])
+            fresh = _predict_fresh(self.predictor, [curves[i] for i in todo],
+                                   [per_curve[i] for i in todo], [given[i] for i in todo])
             for i, prediction in zip(todo, fresh):
-                self._cache[keys[i]] = prediction
-        return [self._cache[k] for k in keys]
+                self._cache[keys[i]] = (prediction, given[i])
+        return [self._cache[k][0] for k in keys]
+
+
+def _predict_fresh(predictor: Any, curves: list[Curve], horizons: list[Any],
+                   contexts: list[Any]) -> list[Any]:
+    """``predict_batch``, passing the contexts along when there are any."""
+    if all(x is None for x in contexts):
+        return predict_batch(predictor, curves, horizons)
+    many = getattr(predictor, "predict_many", None)
+    if many is None:
+        return [predictor.predict(c, horizons=h, context=x)
+                for c, h, x in zip(curves, horizons, contexts)]
+    grids = None if all(h is None for h in horizons) else horizons
+    return list(many(curves, horizons=grids, contexts=contexts))
 
 
 def _per_curve_horizons(horizons: Any, n: int) -> list[Any]:
@@ -182,6 +201,8 @@ class Suite:
     prediction: PredictionReport | None
     never: PolicyReport
     oracle: PolicyReport
+    context: str = NONE
+    n_with_context: int = 0
 
     def report(self, name: str) -> PolicyReport:
         for report in self.reports:
@@ -240,11 +261,12 @@ class Suite:
 
     def to_json(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         more = {"keep": self.keep, "price": plain(self.price), "utility": self.utility(),
-                **(extra or {})}
+                "n_curves_with_context": self.n_with_context, **(extra or {})}
         if self.frontier_utility():
             more["utility"]["frontier"] = {METASTOP: self.frontier_utility()}
         return report_json(n_curves=self.n_curves, prediction=self.prediction,
-                           policies=self.reports, frontiers=self.frontiers, extra=more)
+                           policies=self.reports, frontiers=self.frontiers,
+                           context=self.context, extra=more)
 
 
 def _gap_entry(front: Frontier, rival: PolicyReport) -> dict[str, Any]:
@@ -263,6 +285,7 @@ def _share(u: float, never_u: float, oracle_u: float) -> float:
 def run_suite(curves: Sequence[Curve], predictor: Any, *,
               policies: Sequence[str] = STANDARD_POLICIES, price: Price = DEFAULT_PRICE,
               keep: str = "best", sweeps: bool = True, predict: bool = True,
+              contexts: Sequence[Any] | None = None,
               progress: Progress | None = None) -> Suite:
     """Backtest the named policies (plus the hindsight oracle at ``price``), sweep the
     frontiers (metastop over ``metastop_sweep()``, patience over ``PATIENCE_SWEEP``,
@@ -272,11 +295,19 @@ def run_suite(curves: Sequence[Curve], predictor: Any, *,
     Predictions are cached across policies (``CachingPredictor``), so the first model-based
     policy pays for the model and sweeps are cheap. ``price`` is a ``Price`` (default: the
     shipped ``DEFAULT_PRICE``).
+
+    ``contexts``: per curve, its leave-one-run-out context (``leave_one_run_out_contexts``;
+    ``None`` for a curve without one). Every model-based policy and the prediction quality
+    then predict each curve with its own context, still one batch per replay step
+    (``ContextPredictor``); the JSON says ``"context": "leave-one-run-out"``.
     """
     check_keep(keep)
     check_price("price", price)
     curves = list(curves)
-    cached = CachingPredictor(predictor) if predictor is not None else None
+    model = predictor
+    if contexts is not None and predictor is not None:
+        model = ContextPredictor.of(predictor, curves, contexts)
+    cached = CachingPredictor(model) if model is not None else None
     jobs = _suite_jobs(curves, cached, policies, price, keep, sweeps, predict)
     results: dict[str, Any] = {}
     for i, (key, job) in enumerate(jobs):
@@ -287,8 +318,10 @@ def run_suite(curves: Sequence[Curve], predictor: Any, *,
     frontiers = {k.removeprefix("frontier:"): v for k, v in results.items()
                  if k.startswith("frontier:")}
     best = results.get(f"policy:{ORACLE}") or oracle(curves, price, keep=keep)
+    mode = NONE if contexts is None else LEAVE_ONE_RUN_OUT
+    with_context = 0 if contexts is None else sum(x is not None for x in contexts)
     return Suite(len(curves), price, keep, reports, frontiers, results.get("prediction"),
-                 never_stop(curves, keep=keep), best)
+                 never_stop(curves, keep=keep), best, mode, with_context)
 
 
 Job = tuple[str, Callable[[Any], Any]]

@@ -66,8 +66,9 @@ def log_to_mlflow(metrics: dict[str, float], text: dict[str, str], step: int) ->
 def announce_stop(decision: Decision, *, step: int, fraction: float, name: str,
                   best: float | None, best_step: int | None) -> None:
     """The stop, at WARNING level: the step, the share of the budget, the reason and the best."""
-    where = (f"; best {name} {best:g} at step {best_step}: restore that checkpoint"
-             if best is not None and best_step is not None else "")
+    where = "" if best is None or best_step is None else (
+        f"; this step's {name} {best:g} is the best" if best_step == step else
+        f"; best {name} {best:g} at step {best_step}: restore that step's checkpoint")
     logger.warning("metastop: stopping at step %d (%.0f%% of the budget): %s%s", step,
                    100 * fraction, decision.message, where)
 

@@ -142,7 +142,7 @@ class MetaStopCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._stopped_at is None or self.monitor.best_step is None:
+        if self._stopped_at in (None, self.monitor.best_step) or self.monitor.best_step is None:
             return
         if args.load_best_model_at_end and state.best_model_checkpoint:
             logger.warning("metastop: the Trainer restored the best checkpoint %s (%s %s at step %s)",

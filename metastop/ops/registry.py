@@ -9,6 +9,13 @@ Layout of a registry root::
       history.jsonl       audit log, one line per promotion or rollback
       .lock               fcntl lock file: one writer (retrain, promote, rollback) at a time
 
+The registry only trusts what it made: ``.lock``, ``history.jsonl`` and ``current`` are
+opened with ``O_NOFOLLOW`` (a symbolic link there is refused, never written through), a
+version folder that is a symbolic link is refused by ``promote`` and flagged by
+``versions``, and any content of ``current`` (a folder, binary bytes) gives a ``ModelError``
+naming it and what to do. Leftovers of killed writers (``.add-*`` folders, ``.current.*.tmp``
+files) are removed by ``clean`` and at the start of every write.
+
 Without a ``current`` file the champion is ``default``. The pointer holds the stack of
 earlier champions itself, so promotion and rollback are each one ``os.replace`` of one small
 file: a process killed at any moment leaves either the old or the new champion, never a mix.
@@ -26,11 +33,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,9 +48,10 @@ from typing import Any, Callable, Iterator
 
 from ..errors import MetastopError, ModelError, ParameterError
 from ..predict.champion import (MANIFEST, POINTER, VERSION_NAME,
-                                champion_dir, default_root, read_pointer)
+                                default_root, read_pointer)
 # The model-folder rules live in predict.manifest; they are part of this module's API too.
-from ..predict.manifest import (manifest_checksums, read_manifest, sha256_file,  # noqa: F401
+from ..predict.manifest import (champion_folder, check_pointer,  # noqa: F401
+                                manifest_checksums, read_manifest, read_plain, sha256_file,
                                 verify_checksums)
 
 log = logging.getLogger(__name__)
@@ -111,13 +121,27 @@ class Registry:
         return self._read_pointer()["champion"]
 
     def champion(self) -> Path:
-        """The folder of the current champion; ``ModelError`` if it is missing."""
-        return champion_dir(self.root)
+        """The folder of the current champion; ``ModelError`` if it is missing or the
+        pointer is unreadable."""
+        return champion_folder(self.root)
+
+    def pointer_problem(self) -> str | None:
+        """Why the champion pointer cannot be read (to show beside ``versions``), else None."""
+        try:
+            self._read_pointer()
+        except ModelError as error:
+            return str(error)
+        return None
 
     def path(self, name: str) -> Path:
-        """The folder of version ``name``; ``ModelError`` if there is none."""
+        """The folder of version ``name``; ``ModelError`` if there is none or it is a
+        symbolic link (the registry did not make it)."""
         _check_name(name)
         path = self.root / name
+        if path.is_symlink():
+            raise ModelError(f"file {path}: version {name!r} is a symbolic link; the registry "
+                             f"only serves folders it copied in: add the target with "
+                             f"Registry.add (`metastop retrain` does) and remove the link")
         if not path.is_dir():
             raise ModelError(f"no model version {name!r} under {self.root} "
                              f"(versions: {self.names()})")
@@ -131,19 +155,27 @@ class Registry:
                       if p.is_dir() and not p.name.startswith(".") and p.name not in _RESERVED)
 
     def versions(self) -> list[Version]:
-        """Every version with its manifest metrics; the champion is flagged."""
-        champion = self.champion_name()
+        """Every version with its manifest metrics; the champion is flagged (none is when the
+        pointer cannot be read: see ``pointer_problem``)."""
+        try:
+            champion: str | None = self.champion_name()
+        except ModelError as error:
+            log.warning("no champion flagged: %s", error)
+            champion = None
         return [self._describe(name, champion) for name in self.names()]
 
     def history(self) -> list[dict[str, Any]]:
-        """The audit log of promotions and rollbacks, oldest first (unreadable lines skipped)."""
+        """The audit log of promotions and rollbacks, oldest first (unreadable lines skipped);
+        ``ModelError`` if ``history.jsonl`` is a symbolic link or not a file."""
         path = self.root / HISTORY
-        if not path.exists():
+        if not os.path.lexists(path):
             return []
         events = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
+        for line in read_plain(path, "the registry's history").decode(errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
         return events
 
     def verify(self, name: str) -> Path:
@@ -164,12 +196,14 @@ class Registry:
             name: the version name; default ``<UTC time>-<first 8 hex of the manifest SHA-256>``.
         """
         source = Path(source)
+        _refuse_links(source)
         self._verify(source)
         name = _version_name(source) if name is None else name
         _check_name(name)
         with self.lock():
+            self._remove_leftovers()
             target = self.root / name
-            if target.exists():
+            if os.path.lexists(target):
                 raise ParameterError(f"name {name!r} is taken: {target} exists")
             tmp = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=self.root))
             try:
@@ -187,6 +221,7 @@ class Registry:
         """Make version ``name`` the champion (verified first); the old one can be rolled
         back to."""
         with self.lock():
+            self._remove_leftovers()
             self.verify(name)
             pointer = self._read_pointer()
             if pointer["champion"] == name:
@@ -200,6 +235,7 @@ class Registry:
     def rollback(self, *, reason: str = "") -> str:
         """Go back to the previous champion; return its name. ``ModelError`` if there is none."""
         with self.lock():
+            self._remove_leftovers()
             pointer = self._read_pointer()
             previous = list(pointer["previous"])
             while previous:
@@ -217,18 +253,15 @@ class Registry:
                          f"to from {pointer['champion']!r}")
 
     def clean(self) -> list[str]:
-        """Remove temporary folders and pointer files left by killed processes; return their
-        names."""
+        """Remove temporary folders and pointer files left by killed processes (``.add-*``,
+        ``.current.*.tmp``); return their names. Every write does this first, under the lock.
+
+        Example:
+            >>> Registry("models").clean()  # doctest: +SKIP
+            ['.add-v2-1a2b3c', '.current.x1y2.tmp']
+        """
         with self.lock():
-            stale = [p for p in self.root.iterdir()
-                     if p.name.startswith(".add-") or (p.name.startswith(f".{POINTER}.")
-                                                       and p.name.endswith(".tmp"))]
-            for path in stale:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-        return sorted(p.name for p in stale)
+            return self._remove_leftovers()
 
     @contextlib.contextmanager
     def lock(self, timeout: float | None = None) -> Iterator[None]:
@@ -257,7 +290,7 @@ class Registry:
     def _acquire(self, timeout: float) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
-        handle = open(path, "a+")
+        handle = os.fdopen(_open_own(path, os.O_RDWR, "the registry's lock file"), "r+")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -265,7 +298,7 @@ class Registry:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(path)
+                    holder = _read_holder(handle)
                     handle.close()
                     raise RegistryLockError(
                         f"file {path}: the model registry is locked by another process "
@@ -285,7 +318,23 @@ class Registry:
             handle.close()
 
     def _read_pointer(self) -> dict[str, Any]:
+        check_pointer(self.root)
         return read_pointer(self.root)
+
+    def _remove_leftovers(self) -> list[str]:
+        """Remove ``.add-*`` and ``.current.*.tmp`` entries (links themselves, never their
+        targets); call under the lock."""
+        if not self.root.is_dir():
+            return []
+        stale = sorted(p for p in self.root.iterdir() if _is_leftover(p.name))
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed leftovers of killed writers: %s", [p.name for p in stale])
+        return [p.name for p in stale]
 
     def _write_pointer(self, name: str, previous: list[str], reason: str) -> None:
         """Stage the new pointer in a hidden file, then swap it in with one ``os.replace``."""
@@ -317,12 +366,17 @@ class Registry:
     def _append_history(self, action: str, name: str, before: str, reason: str) -> None:
         event = {"time": _now(), "action": action, "champion": name, "before": before,
                  "reason": reason, "pid": os.getpid()}
-        with open(self.root / HISTORY, "a") as handle:
+        fd = _open_own(self.root / HISTORY, os.O_WRONLY | os.O_APPEND, "the registry's history")
+        with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(event) + "\n")
 
-    def _describe(self, name: str, champion: str) -> Version:
+    def _describe(self, name: str, champion: str | None) -> Version:
         path = self.root / name
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
+        if path.is_symlink():
+            return Version(name, path, name == champion, created, {},
+                           f"{path} is a symbolic link to {os.readlink(path)}; the registry "
+                           f"refuses versions it did not copy in")
         try:
             manifest = read_manifest(path)
         except ModelError as error:
@@ -364,12 +418,42 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _read_holder(path: Path) -> str:
+def _read_holder(handle: Any) -> str:
     try:
-        data = json.loads(path.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
+        handle.seek(0)
+        data = json.loads(handle.read(4096) or "{}")
+    except (OSError, ValueError):
+        return "holder unknown"
+    if not isinstance(data, dict):
         return "holder unknown"
     return f"pid {data.get('pid', '?')} since {data.get('since', '?')}"
+
+
+def _open_own(path: Path, flags: int, what: str) -> int:
+    """Open (creating) one of the registry's own files, never through a symbolic link;
+    ``ModelError`` naming it if it is a link or not a plain file."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        problem = ("is a symbolic link; the registry never writes through one"
+                   if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})")
+        raise ModelError(f"file {path}: {problem} ({what}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ModelError(f"file {path}: is not a plain file ({what}); remove it")
+    return fd
+
+
+def _is_leftover(name: str) -> bool:
+    return name.startswith(".add-") or (name.startswith(f".{POINTER}.") and name.endswith(".tmp"))
+
+
+def _refuse_links(source: Path) -> None:
+    """A model folder to copy in holds plain files and folders only."""
+    links = [p for p in source.rglob("*") if p.is_symlink()] if source.is_dir() else []
+    if links:
+        raise ModelError(f"file {links[0]}: is a symbolic link; a model folder added to the "
+                         f"registry must hold plain files only")
 
 
 def _copy_in(source: Path, staged: Path) -> None:

@@ -366,7 +366,9 @@ class Predictor:
             ModelError: naming the file and the problem (missing, not JSON, tampered or
                 truncated, incompatible feature version, unreadable model).
         """
-        directory = Path(directory) if directory is not None else champion_dir()
+        from .manifest import champion_folder  # the pointer checked before it is read
+
+        directory = Path(directory) if directory is not None else champion_folder()
         manifest = read_predictor_manifest(directory)
         predictor = cls(**_params_from(manifest, directory))
         predictor.boosters_ = [read_booster(directory, name, entry, manifest)

@@ -20,7 +20,7 @@ import numpy as np
 from ..curves import Curve
 from ..errors import ParameterError
 from .decision import Decision, Reason
-from .policies import StoppingPolicy
+from .policies import StoppingPolicy, with_context
 
 
 class _Composite(StoppingPolicy):
@@ -45,7 +45,7 @@ class _Composite(StoppingPolicy):
 
     def with_context(self, context: Any) -> StoppingPolicy:
         twin = copy.copy(self)
-        twin.policies = tuple(_with_context(p, context) for p in self.policies)
+        twin.policies = tuple(with_context(p, context) for p in self.policies)
         return twin
 
     def decide_many(self, curves: Sequence[Curve]) -> list[Decision]:
@@ -55,11 +55,6 @@ class _Composite(StoppingPolicy):
     @abstractmethod
     def _combine(self, decisions: list[Decision]) -> Decision:
         """One decision from the members' decisions (in policy order)."""
-
-
-def _with_context(policy: Any, context: Any) -> Any:
-    method = getattr(policy, "with_context", None)
-    return method(context) if method is not None else policy
 
 
 def _decide_many(policy: Any, curves: Sequence[Curve]) -> list[Decision]:
@@ -138,7 +133,7 @@ class Confirmed(StoppingPolicy):
                                         "params": getattr(self.policy, "params", {})}}
 
     def with_context(self, context: Any) -> StoppingPolicy:
-        return Confirmed(_with_context(self.policy, context), n=self.n)
+        return Confirmed(with_context(self.policy, context), n=self.n)
 
     def decide(self, curve: Curve) -> Decision:
         return self.decide_many([curve])[0]

@@ -38,7 +38,7 @@ from ..errors import MetastopError, ParameterError
 from .decisionlog import DecisionLog, LogContext
 from .distributed import _dist_ready, _rank, sync_decision
 from .guards import budget_reached, warming_up
-from .policies import DEFAULT_RISK, CostAware, StoppingPolicy
+from .policies import DEFAULT_RISK, CostAware, StoppingPolicy, with_context
 from .prices import DEFAULT_PRICE
 from .state import STATE_VERSION, _as_float, _restored_state, _short
 
@@ -223,7 +223,7 @@ class StopController:
         if self.history is None:
             return self.policy
         if self._with_context is None:
-            self._with_context = self.policy.with_context(_read_context(self.history, curve))
+            self._with_context = with_context(self.policy, _read_context(self.history, curve))
         return self._with_context
 
     def record(self, history: Any = None) -> int:

@@ -147,6 +147,13 @@ class _PredictivePolicy(StoppingPolicy):
                 "interval": (ends[0], ends[1])}
 
 
+def with_context(policy: Any, context: Any) -> Any:
+    """``policy.with_context(context)``, or ``policy`` itself for a duck-typed policy without
+    that method (it predicts nothing, or decides without task memory)."""
+    method = getattr(policy, "with_context", None)
+    return method(context) if method is not None else policy
+
+
 def _predict_many(predictor: Any, curves: list[Curve], horizons: list[np.ndarray],
                   context: Any = None) -> list[Prediction]:
     """Predict a batch (every curve with the same ``context``, if one); falls back to one call
@@ -205,12 +212,22 @@ class CostAware(_PredictivePolicy):
 
     name = "cost_aware"
 
+    incumbent: float | None = None
+
     def __init__(self, predictor: Any, *, price: Price = DEFAULT_PRICE, risk: float = DEFAULT_RISK,
                  min_fraction: float = DEFAULT_MIN_FRACTION):
         self.predictor = _check_predictor(predictor)
         self.price = check_price("price", price)
         self.risk = in_range("risk", risk, 0.0, 1.0, open_ends=True)
         self.min_fraction = in_range("min_fraction", min_fraction, 0.0, 1.0)
+
+    def with_incumbent(self, incumbent: float | None) -> CostAware:
+        """This policy judging gains over ``incumbent`` (metric units: the best value of a
+        sweep's finished trials) where it beats the curve's own best: in a sweep a trial is
+        worth only what it may add to the study's best."""
+        twin = copy.copy(self)
+        twin.incumbent = None if incumbent is None else float(incumbent)
+        return twin
 
     @property
     def params(self) -> dict[str, Any]:
@@ -221,6 +238,8 @@ class CostAware(_PredictivePolicy):
 
     def _judge(self, curve: Curve, prediction: Prediction) -> Decision:
         best_score = float(curve.scores.max())
+        if self.incumbent is not None:
+            best_score = max(best_score, float(curve.sign * self.incumbent))
         gain = to_points(np.maximum(0.0, prediction.quantile(self.risk) - best_score))
         worth = gain * self.price.tokens_per_point(curve.budget)
         cost = np.asarray(prediction.horizons, dtype=np.float64) - curve.last_tokens
