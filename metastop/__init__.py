@@ -20,7 +20,7 @@ _EXPORTS = {
     "StoppingPolicy": "stop.policies", "CostAware": "stop.policies", "Patience": "stop.rules",
     "ImprovementProbability": "stop.policies", "Threshold": "stop.rules", "AnyOf": "stop.compose",
     "AllOf": "stop.compose", "Confirmed": "stop.compose", "DEFAULT_PRICE": "stop.prices", "DEFAULT_RISK": "stop.policies",
-    "StopController": "stop.controller", "Reporting": "stop.controller", "sync_decision": "stop.controller",
+    "StopController": "stop.controller", "Reporting": "stop.controller", "sync_decision": "stop.distributed", "MultiTask": "stop.multitask",
     "Predictor": "predict.model", "split_holdout": "curves.splits",
     "Registry": "ops.registry", "Governor": "ops.governor", "retrain": "ops.retrain",
     "fleet_report": "ops.report", "HistoryStore": "curves.history", "backtest": "evaluate.outcomes", "replay": "evaluate.outcomes",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -21,6 +21,34 @@ from .main import (
     write_json,
 )
 
+HISTORY_HELP = ("History store URL (e.g. sqlite:///history.db): each curve is predicted with "
+                "the finished runs of its task stored there (same task and metric, another "
+                "run; never its own).")
+
+
+def _history_option(command: Callable) -> Callable:
+    return click.option("--history", default=None, metavar="URL", help=HISTORY_HELP)(command)
+
+
+def _with_history(predictor: Any, curves: Sequence[Any], history: str | None) -> Any:
+    """``predictor``, predicting each curve with its context from ``history`` when given."""
+    if history is None:
+        return predictor
+    from ..evaluate.contexts import ContextPredictor, leave_one_run_out_contexts
+
+    contexts = leave_one_run_out_contexts(curves, history=history)
+    _echo_context(sum(x is not None for x in contexts), len(curves), history)
+    return ContextPredictor.of(predictor, curves, contexts)
+
+
+def _echo_context(n_with: int, n: int, source: str) -> None:
+    """Say on standard error how many curves have a context, and from where."""
+    from ..curves.history import mask_url
+
+    shown = mask_url(source) if "://" in source else source
+    click.echo(f"context: {n_with} of {n} curves have finished runs of their task in {shown}",
+               err=True)
+
 
 @main.command()
 @click.argument("curves_path", metavar="CURVES", type=click.Path(dir_okay=False))
@@ -32,9 +60,10 @@ from .main import (
               help="Curves drawn in the PNG grid (the first ones).")
 @click.option("--json", "json_path", default=None, metavar="PATH",
               help="Write the analysis as JSON to PATH ('-' for standard output).")
+@_history_option
 @library_errors
 def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
-            max_panels: int, json_path: str | None) -> None:
+            max_panels: int, json_path: str | None, history: str | None) -> None:
     """Analyze curves: predicted final value and where metastop would stop.
 
     Each curve is replayed point by point through the default policy (CostAware at the
@@ -46,13 +75,14 @@ def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
     Example:
       metastop analyze data/sample_curves.parquet --png reports/analyze.png
       metastop analyze run.parquet --price 0.02 --json -
+      metastop analyze run.parquet --history sqlite:///history.db
     """
     from ..evaluate.analysis import analyze_curves
     from ..evaluate.plotting import CurvePanel, curve_grid
     from ..evaluate.suite import make_policy
 
     curves = _read_curve_files([curves_path])
-    predictor = _load_predictor(model)
+    predictor = _with_history(_load_predictor(model), curves, history)
     policy = make_policy("metastop", predictor, price=price)
     with _progress_bar(f"replaying {len(curves)} curves") as progress:
         results = analyze_curves(curves, predictor, policy=policy, progress=progress)
@@ -88,8 +118,10 @@ def _print_analysis(results: Sequence[Any], price: Any) -> None:
 @_model_option
 @click.option("--json", "json_path", default=None, metavar="PATH",
               help="Write the predictions as JSON to PATH ('-' for standard output).")
+@_history_option
 @library_errors
-def predict(curves_path: str, fraction: float, model: str | None, json_path: str | None) -> None:
+def predict(curves_path: str, fraction: float, model: str | None, json_path: str | None,
+            history: str | None) -> None:
     """Predict each curve's final value from its first F of the budget.
 
     The true final value is shown where the curve reached its budget.
@@ -98,11 +130,12 @@ def predict(curves_path: str, fraction: float, model: str | None, json_path: str
     Example:
       metastop predict data/sample_curves.parquet --at-fraction 0.25
       metastop predict data/sample_curves.parquet --at-fraction 0.5 --json -
+      metastop predict run.parquet --at-fraction 0.25 --history sqlite:///history.db
     """
     from ..evaluate.analysis import forecast_at
 
     curves = _read_curve_files([curves_path])
-    results = forecast_at(curves, _load_predictor(model), fraction)
+    results = forecast_at(curves, _with_history(_load_predictor(model), curves, history), fraction)
     if json_path is not None:
         write_json({"at_fraction": fraction, "curves": [
             {k: v for k, v in a.to_dict().items() if not k.startswith(("stop", "tokens_saved", "decision"))}

@@ -1,7 +1,18 @@
-"""``CurveSet``: an ordered collection of curves; builds and writes the long curve table."""
+"""``CurveSet``: an ordered collection of curves; builds and writes the long curve table.
+
+``CurveSet.from_frame`` is the one gate every reader passes: it names the file, curve and row
+of the first cell that breaks a rule (a number that is not a number: text, true/false, a
+date; an empty ``curve_id``; a direction that changes within a curve; a share of examples out
+of its range, ``bounded_rule``) and keeps per-curve metadata writable: a column whose values
+mix kinds (a number in one curve, text in another) or nest (objects, lists) is stored as
+text, which ``CurveSet.warnings`` says.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -12,7 +23,42 @@ import pandas as pd
 from ..errors import CurveError, ParameterError
 from .atomic import atomic_path
 from .schema import (CURVE_COLUMNS, DIRECTIONS, MAXIMIZE, ON_ERROR, POINT_COLUMNS,
-                     REQUIRED_COLUMNS, Curve, is_bounded_metric)
+                     REQUIRED_COLUMNS, Curve, bounded_rule, declared_unbounded,
+                     is_bounded_metric)
+
+log = logging.getLogger(__name__)
+
+_NOT_NUMBERS = (bool, np.bool_, complex, np.complexfloating, datetime.date, datetime.time,
+                datetime.timedelta, np.datetime64, np.timedelta64, bytes)
+_CONTAINERS = (dict, list, tuple, set, np.ndarray)
+
+
+def numeric_cells(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(numbers, bad)``: the cells as float64 (NaN where missing or bad) and where a cell
+    holds something that is not a number: text, true/false, a date or duration, a complex
+    number (none of which ``pd.to_numeric`` should turn into a count)."""
+    dtype = raw.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype) or \
+            pd.api.types.is_timedelta64_dtype(dtype) or pd.api.types.is_complex_dtype(dtype):
+        return np.full(len(raw), np.nan), raw.notna().to_numpy(dtype=bool)
+    odd = np.zeros(len(raw), dtype=bool)
+    if dtype == object:
+        odd = raw.map(lambda v: isinstance(v, _NOT_NUMBERS + _CONTAINERS)).to_numpy(dtype=bool)
+        raw_numbers = raw.where(~odd) if odd.any() else raw
+    else:
+        raw_numbers = raw
+    numbers = pd.to_numeric(raw_numbers, errors="coerce")
+    bad = odd | (numbers.isna() & raw.notna()).to_numpy(dtype=bool)
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan), bad
+
+
+def cell_rule(column: str, value: Any) -> str:
+    """The rule a non-number cell of ``column`` breaks, saying what it holds instead."""
+    kind = ("true/false is not a measurement" if isinstance(value, (bool, np.bool_)) else
+            "a date or duration is not a count" if isinstance(value, _NOT_NUMBERS[4:9]) or
+            isinstance(value, pd.Timestamp) else
+            "a complex number" if isinstance(value, (complex, np.complexfloating)) else None)
+    return f"{column} must be a number, got {value!r}" + (f" ({kind})" if kind else "")
 
 
 class CurveSet(Sequence[Curve]):
@@ -23,10 +69,12 @@ class CurveSet(Sequence[Curve]):
         >>> len(cs), cs[0].curve_id  # doctest: +SKIP
     """
 
-    def __init__(self, curves: Iterable[Curve] = (), *, dropped: Sequence[str] = ()):
+    def __init__(self, curves: Iterable[Curve] = (), *, dropped: Sequence[str] = (),
+                 warnings: Sequence[str] = ()):
         self._curves = list(curves)
         self._index: dict[str, int] | None = None
         self.dropped = list(dropped)
+        self.warnings = list(warnings)  # what a reader changed or left out, in words
         ids = [c.curve_id for c in self._curves]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()

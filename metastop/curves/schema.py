@@ -6,6 +6,10 @@ finite, >= 0, strictly increasing within a curve) and ``value`` (finite). Option
 (the planned total cost; default: the curve's last ``tokens``), ``step``; any other column is
 kept as per-curve metadata.
 
+A share of examples (``is_bounded_metric``: accuracy, EM, F1) lies in [0, 1] or [0, 100],
+one scale per curve (``bounded_rule``); a metadata column ``bounded`` set to false declares a
+metric whose name looks bounded unbounded (``declared_unbounded``).
+
 Direction is handled here and nowhere else: ``Curve.scores`` is the curve oriented so that
 higher is better, and ``Curve.to_metric`` maps scores back to the metric's own units.
 """
@@ -31,6 +35,12 @@ ON_ERROR = ("fail", "skip")
 
 # Words in a metric name that mark a share of examples: its scale (0-1 or 0-100) must agree.
 _BOUNDED_METRIC_WORDS = frozenset({"em", "acc", "accuracy", "f1", "precision", "recall"})
+BOUNDED = "bounded"
+"""Optional per-curve metadata column: false declares the curve's metric unbounded."""
+_FALSE_WORDS = frozenset({"false", "no", "0", "0.0"})
+# A value above 1 in a curve otherwise on 0-1 is an outlier, not a 0-100 scale, when it is
+# this many times the largest value within (0, 1] and such values are the majority.
+_OUTLIER_RATIO = 10.0
 
 
 def is_bounded_metric(name: str) -> bool:
@@ -43,6 +53,47 @@ def is_bounded_metric(name: str) -> bool:
     lowered = name.lower()
     words = set(re.split(r"[^a-z0-9]+", lowered))
     return "exact_match" in lowered or bool(words & _BOUNDED_METRIC_WORDS)
+
+
+def declared_unbounded(meta: Mapping[str, Any]) -> bool:
+    """Whether a curve's metadata declares its metric unbounded (``bounded`` false).
+
+    Example:
+        >>> declared_unbounded({"bounded": False}), declared_unbounded({"bounded": "no"}), declared_unbounded({})
+        (True, True, False)
+    """
+    value = meta.get(BOUNDED)
+    if isinstance(value, str):
+        return value.strip().lower() in _FALSE_WORDS
+    return value is not None and not isinstance(value, (dict, list)) and not bool(value)
+
+
+def bounded_rule(values: np.ndarray) -> tuple[int, str] | None:
+    """``(point index, rule)`` of the first value a share of examples cannot take, else None.
+
+    Such a metric lies in [0, 100]; a curve reaching above 1 is on 0-100, unless its values
+    above 1 are a minority, each more than 10 times its largest value within (0, 1]: then
+    they are outliers in a 0-1 curve (a 50 among 0.1-0.6), not a scale.
+
+    Example:
+        >>> bounded_rule(np.array([0.1, 0.2, 50.0, 0.3]))[0], bounded_rule(np.array([0.5, 3.0, 40.0]))
+        (2, None)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.where(np.isfinite(values), values, 0.0)
+    for bad, rule in ((finite < 0, ">= 0"), (finite > 100, "<= 100")):
+        if bad.any():
+            i = int(np.argmax(bad))
+            return i, (f"value must be {rule} for a share of examples (0-1 or 0-100), "
+                       f"got {float(values[i])!r}")
+    small, big = (finite > 0) & (finite <= 1), finite > 1
+    if big.any() and big.sum() < small.sum() and \
+            finite[big].min() > _OUTLIER_RATIO * finite[small].max():
+        i = int(np.argmax(big))
+        return i, (f"value {float(values[i])!r} is above 1 while {int(small.sum())} of the "
+                   f"curve's values lie within (0, 1]: a share of examples keeps one scale, "
+                   f"0-1 or 0-100")
+    return None
 
 
 def metric_floor(name: str | None) -> float:
@@ -196,8 +247,9 @@ class Curve:
 
     def score_range(self) -> tuple[float, float]:
         """The lowest and highest score this curve can reach: ``metric_range`` of its metric
-        and values, oriented like ``scores``."""
-        low, high = metric_range(self.metric, self.values)
+        (none where ``declared_unbounded``) and values, oriented like ``scores``."""
+        metric = None if declared_unbounded(self.meta) else self.metric
+        low, high = metric_range(metric, self.values)
         return (low, high) if self.direction == MAXIMIZE else (-high, -low)
 
     def to_metric(self, scores: Any) -> Any:

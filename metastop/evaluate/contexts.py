@@ -9,6 +9,8 @@ at most ``MAX_SIBLINGS`` of them (a sample seeded by the curve's id, as the mode
 with) and resamples them once into a ``Context``. ``ContextPredictor`` then hands each curve's
 context to the model by ``curve_id``, so that every policy built on it predicts with the
 right context and a whole step of a replay stays one batched ``predict_many`` call.
+``SiblingPredictor`` is the rule that learns nothing, as a predictor: the baseline a model
+with task memory has to beat.
 
 Example:
     >>> from metastop.curves import Curve
@@ -27,7 +29,9 @@ import numpy as np
 
 from ..curves import Curve
 from ..errors import ParameterError
-from ..predict.context import MAX_SIBLINGS, Context, leave_one_run_out, run_of
+from ..predict.context import MAX_SIBLINGS, Context, as_context, leave_one_run_out, run_of
+from ..predict.model import default_horizons
+from ..predict.prediction import Prediction
 
 NONE = "none"
 LEAVE_ONE_RUN_OUT = "leave-one-run-out"
@@ -150,3 +154,41 @@ class ContextPredictor:
         if any(x is not None for x in chosen):
             options["contexts"] = chosen
         return list(self.predictor.predict_many(curves, horizons, **options))
+
+
+class SiblingPredictor:
+    """Predicts from the siblings alone: the score now plus the siblings' change from the
+    fraction seen to each horizon (``sibling_median_forecast`` at the median), its 0.1 and
+    0.9 quantiles over the siblings as the interval. Without siblings: the last score, flat.
+
+    Example:
+        >>> from metastop.curves import Curve
+        >>> sibs = [Curve(f"s{i}", [1, 2, 4], [0.1, 0.2, 0.3 + i / 5], run_id=f"r{i}") for i in range(3)]
+        >>> p = SiblingPredictor().predict(Curve("c", [1, 2], [0.1, 0.2], budget=4), [4.0], sibs)
+        >>> [round(float(x), 2) for x in p.scores[-1]]
+        [0.34, 0.49, 0.65]
+    """
+
+    name = "sibling_median"
+    quantiles = (0.1, 0.5, 0.9)
+
+    def predict(self, curve: Curve, horizons: Any = None, context: Any = None) -> Prediction:
+        h = default_horizons(curve) if horizons is None else np.atleast_1d(
+            np.asarray(horizons, dtype=np.float64))
+        found = as_context(curve, context)
+        now = float(curve.scores[-1])
+        if found is None or not len(found):
+            scores = np.full((len(h), len(self.quantiles)), now)
+        else:
+            at = found.at(np.r_[curve.fraction_seen, h / curve.budget])
+            change = at[:, 1:] - at[:, :1]
+            scores = now + np.quantile(change, self.quantiles, axis=0).T
+        low, high = curve.score_range()
+        return Prediction(curve.curve_id, curve.last_tokens, h, self.quantiles,
+                          np.clip(scores, low, high))
+
+    def predict_many(self, curves: Sequence[Curve], horizons: Any = None, *,
+                     contexts: Sequence[Any] | None = None) -> list[Prediction]:
+        grids = [None] * len(curves) if horizons is None else list(horizons)
+        given = [None] * len(curves) if contexts is None else list(contexts)
+        return [self.predict(c, h, x) for c, h, x in zip(curves, grids, given)]

@@ -240,6 +240,16 @@ class Suite:
                         "share_of_oracle_gain": json_float(_share(u, n, o))})
         return out
 
+    def oracle_savings_share(self, loss: float, name: str = METASTOP) -> dict[str, Any]:
+        """What the ``name`` frontier saves at mean loss ``loss`` (``savings_at_loss``), and its
+        share of what the oracle's frontier saves at the same mean loss."""
+        front, best = self.frontiers.get(name), self.frontiers.get(ORACLE)
+        mine = savings_at_loss(front, loss) if front is not None else math.nan
+        theirs = savings_at_loss(best, loss) if best is not None else math.nan
+        return {"em_loss_mean": loss, "token_savings_mean": json_float(mine),
+                "oracle_token_savings_mean": json_float(theirs),
+                "share_of_oracle_savings": json_float(mine / theirs if theirs > 0 else math.nan)}
+
     def dominated(self, name: str = METASTOP, baseline: str = "patience") -> list[dict[str, Any]]:
         """The points of the ``baseline`` frontier (and the ``baseline-N`` policies) that the
         ``name`` frontier does not dominate (reach at least their savings with at most their
@@ -267,6 +277,21 @@ class Suite:
         return report_json(n_curves=self.n_curves, prediction=self.prediction,
                            policies=self.reports, frontiers=self.frontiers,
                            context=self.context, extra=more)
+
+
+def savings_at_loss(front: Frontier, loss: float) -> float:
+    """The largest mean savings the frontier's hull reaches with a mean loss of at most
+    ``loss`` (``Frontier.loss_at`` inverted; 0 when no setting's loss is that low)."""
+    points = front.pareto()
+    if not points or min(p.em_loss_mean for p in points) > loss + 1e-12:
+        return 0.0
+    low, high = 0.0, max(p.token_savings_mean for p in points)
+    if front.loss_at(high) <= loss:
+        return high
+    for _ in range(60):  # loss_at is non-decreasing in savings: bisect
+        middle = (low + high) / 2
+        low, high = (middle, high) if front.loss_at(middle) <= loss else (low, middle)
+    return low
 
 
 def _gap_entry(front: Frontier, rival: PolicyReport) -> dict[str, Any]:

@@ -228,6 +228,7 @@ class Registry:
                 log.info("model version %s is already the champion", name)
                 return
             previous = [*pointer["previous"], pointer["champion"]]
+            self._check_history()
             self._write_pointer(name, previous, reason)
             self._append_history("promote", name, pointer["champion"], reason)
         log.info("promoted model version %s (was %s): %s", name, pointer["champion"], reason)
@@ -245,6 +246,7 @@ class Registry:
                 except ModelError as error:
                     log.warning("rollback skips version %s: %s", candidate, error)
                     continue
+                self._check_history()
                 self._write_pointer(candidate, previous, reason or "rollback")
                 self._append_history("rollback", candidate, pointer["champion"], reason)
                 log.info("rolled back from %s to %s", pointer["champion"], candidate)
@@ -369,6 +371,11 @@ class Registry:
         fd = _open_own(self.root / HISTORY, os.O_WRONLY | os.O_APPEND, "the registry's history")
         with os.fdopen(fd, "a") as handle:
             handle.write(json.dumps(event) + "\n")
+
+    def _check_history(self) -> None:
+        """Refuse before the pointer moves if the history cannot be appended to safely."""
+        os.close(_open_own(self.root / HISTORY, os.O_WRONLY | os.O_APPEND,
+                           "the registry's history"))
 
     def _describe(self, name: str, champion: str | None) -> Version:
         path = self.root / name

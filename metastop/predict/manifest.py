@@ -84,12 +84,13 @@ def read_plain(path: Path, what: str, *, limit: int = MAX_FILE_BYTES) -> bytes:
         problem = ("is a symbolic link; it must be a plain file inside its folder"
                    if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})")
         raise ModelError(f"file {path}: {problem} ({what})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        problem = ("is not a plain file" if not stat.S_ISREG(info.st_mode) else
+                   f"holds {info.st_size} bytes, more than {limit}")
+        raise ModelError(f"file {path}: {problem} ({what})")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelError(f"file {path}: is not a plain file ({what})")
-        if info.st_size > limit:
-            raise ModelError(f"file {path}: {info.st_size} bytes, more than {limit} ({what})")
         return handle.read(limit + 1)
 
 
@@ -443,4 +444,8 @@ def champion_folder(root: str | os.PathLike | None = None) -> Path:
     ``check_pointer``: ``ModelError``, never another exception, for any pointer content."""
     root = Path(root) if root is not None else default_root()
     check_pointer(root)
-    return champion_dir(root)
+    path = champion_dir(root)
+    if path.is_symlink():
+        raise ModelError(f"file {path}: the champion is a symbolic link; the registry only "
+                         f"serves folders it copied in: promote a version it holds")
+    return path

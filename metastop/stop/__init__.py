@@ -22,7 +22,8 @@ _EXPORTS = {
     "StoppingPolicy": "policies", "CostAware": "policies", "ImprovementProbability": "policies",
     "DEFAULT_RISK": "policies", "Patience": "rules", "Threshold": "rules",
     "AnyOf": "compose", "AllOf": "compose", "Confirmed": "compose",
-    "StopController": "controller", "Reporting": "controller", "sync_decision": "controller",
+    "StopController": "controller", "Reporting": "controller", "sync_decision": "distributed",
+    "MultiTask": "multitask", "Study": "sweep", "StudyAware": "sweep",
     "DecisionLog": "decisionlog", "read_logs": "decisionlog",
 }
 

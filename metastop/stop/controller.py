@@ -39,6 +39,7 @@ from .decisionlog import DecisionLog, LogContext
 from .distributed import _dist_ready, _rank, sync_decision
 from .guards import budget_reached, warming_up
 from .policies import DEFAULT_RISK, CostAware, StoppingPolicy, with_context
+from .multitask import MultiTask, TaskCurves
 from .prices import DEFAULT_PRICE
 from .state import STATE_VERSION, _as_float, _restored_state, _short
 
@@ -118,6 +119,7 @@ class StopController:
         self.curve_id, self.run_id, self.task = str(curve_id), _id(run_id), _id(task)
         self.metric, self.history = _id(metric), history
         self._with_context: StoppingPolicy | None = None
+        self._tasks = TaskCurves(direction)
         self.policy = policy if policy is not None else default_policy(predictor)
         self.log = self._decision_log()
         self._tokens: list[float] = []
@@ -134,9 +136,16 @@ class StopController:
         return self.reporting.shadow
 
     # --- the loop-facing API ------------------------------------------------------------
-    def observe(self, tokens: float, value: float) -> Decision:
-        """Record one evaluation and return the decision. Never raises, whatever the input."""
+    def observe(self, tokens: float, value: float | Mapping[str, float]) -> Decision:
+        """Record one evaluation and return the decision. Never raises, whatever the input.
+
+        ``value`` is the metric's value, or for a run scored on several tasks a mapping
+        task -> value (``metastop.stop.multitask``: the run is decided by its price-weighted
+        score; a missing, new or non-finite task is named in the message, the others kept).
+        """
         try:
+            if isinstance(value, Mapping):
+                return self._record(self._decide_tasks(tokens, value), values=value)
             repeated = self._repeated(tokens, value)
             if repeated is not None:
                 return repeated
@@ -173,7 +182,7 @@ class StopController:
         return {"version": STATE_VERSION, "tokens": list(self._tokens), "values": list(self._values),
                 "decisions": [d.to_dict() for d in self.decisions], "stopped": self._stopped,
                 "would_stop_at": self._would_stop_at, "budget": self.budget,
-                "curve_id": self.curve_id}
+                "curve_id": self.curve_id, "tasks": self._tasks.state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from ``state_dict`` output; missing keys keep their fresh-run values.
@@ -182,7 +191,9 @@ class StopController:
         ``ParameterError`` naming the key and leaves the controller as it was.
         """
         restored = _restored_state(state, self)
+        tasks = TaskCurves.from_state(state.get("tasks", {}), self.direction)
         self._tokens, self._values, self.decisions, self._stopped, self._would_stop_at = restored
+        self._tasks = tasks
         budget = state.get("budget")
         if isinstance(budget, (int, float)) and float(budget) != self.budget:
             logger.warning("resumed state was saved with budget %g, this controller has %g",
@@ -257,28 +268,61 @@ class StopController:
             return self.decisions[-1]
         return None
 
+    def _decide_tasks(self, tokens: Any, values: Mapping[Any, Any]) -> Decision:
+        """A multi-task evaluation: each task's value kept by ``TaskCurves``, the run decided
+        by ``MultiTask`` (the policy itself, or the policy wrapped with equal prices)."""
+        t = _as_float(tokens)
+        problem = self._tokens_problem(t, tokens)
+        if problem is not None:
+            return self._bad(Reason.BAD_INPUT, problem, t, math.nan)
+        notes = self._tasks.add(t, values)
+        for note in notes:
+            logger.warning("metastop: %s", note)
+        curves = self._tasks.curves(self.budget, curve_id=self.curve_id, run_id=self.run_id)
+        if not curves:
+            return self._bad(Reason.NON_FINITE, "ignored: no task has a finite value yet", t, math.nan)
+        try:
+            decision = _run_policy(self.policy).decide_run(curves)
+        except Exception as error:  # fail-open, as for one metric
+            logger.warning("multi-task decision failed, training continues: %s: %s",
+                           type(error).__name__, error, exc_info=True)
+            decision = self._bad(Reason.PREDICTOR_ERROR, f"continue: prediction failed "
+                                 f"({type(error).__name__}: {error})", t, math.nan)
+        self._tokens.append(t)
+        self._values.append(decision.value if math.isfinite(decision.value) else 0.0)
+        return decision.replace(message="; ".join([decision.message, *notes]))
+
+    def _bad(self, reason: Reason, message: str, t: float, v: float) -> Decision:
+        return Decision(stop=False, reason=reason, message=message, tokens=t, value=v,
+                        best=self._best_value(), policy=_policy_name(self.policy))
+
+    def _tokens_problem(self, t: float, given: Any) -> str | None:
+        if not math.isfinite(t) or t < 0:
+            return f"ignored: tokens must be a finite number >= 0, got {_short(given)}"
+        if self._tokens and t <= self._tokens[-1]:
+            kind = "repeated" if t == self._tokens[-1] else "went backwards"
+            return (f"ignored: tokens {kind} ({self._tokens[-1]:g} then {t:g}); pass cumulative "
+                    f"training tokens")
+        if t > _MAX_OVERSHOOT * self.budget:
+            return (f"ignored: {t:g} tokens is more than {_MAX_OVERSHOOT:g} times the budget "
+                    f"({self.budget:g}); a bogus count is not trusted")
+        return None
+
     def _check_input(self, tokens: Any, value: Any) -> Decision | None:
         t, v = _as_float(tokens), _as_float(value)
 
         def bad(reason: Reason, message: str) -> Decision:
-            return Decision(stop=False, reason=reason, message=message, tokens=t, value=v,
-                            best=self._best_value(), policy=_policy_name(self.policy))
+            return self._bad(reason, message, t, v)
 
         if not math.isfinite(t) or t < 0:
-            return bad(Reason.BAD_INPUT, f"ignored: tokens must be a finite number >= 0, "
-                                         f"got {_short(tokens)}")
+            return bad(Reason.BAD_INPUT, self._tokens_problem(t, tokens))
         if not math.isfinite(v):
             return bad(Reason.NON_FINITE, f"ignored: value is not finite "
                                           f"({_short(value)}) at {t:g} tokens; training "
                                           f"continues, the point is not kept")
-        if self._tokens and t <= self._tokens[-1]:
-            kind = "repeated" if t == self._tokens[-1] else "went backwards"
-            return bad(Reason.BAD_INPUT, f"ignored: tokens {kind} ({self._tokens[-1]:g} then {t:g}); "
-                                         f"pass cumulative training tokens")
-        if t > _MAX_OVERSHOOT * self.budget:
-            return bad(Reason.BAD_INPUT, f"ignored: {t:g} tokens is more than {_MAX_OVERSHOOT:g} "
-                                         f"times the budget ({self.budget:g}); a bogus count "
-                                         f"is not trusted")
+        problem = self._tokens_problem(t, tokens)
+        if problem is not None:
+            return bad(Reason.BAD_INPUT, problem)
         if self._wrong_scale(v):
             return bad(Reason.BAD_INPUT, f"ignored: value {v:g} looks like a 0-100 score but the "
                                          f"earlier values are within 0-1; divide it by 100")
@@ -293,7 +337,7 @@ class StopController:
         return value >= _SCALE_RATIO * earlier.max()
 
     # --- after the decision -------------------------------------------------------------
-    def _record(self, decision: Decision) -> Decision:
+    def _record(self, decision: Decision, values: Mapping[Any, Any] | None = None) -> Decision:
         verdict = decision
         if self.shadow and decision.stop and self._would_stop_at is None:
             self._would_stop_at = decision.tokens
@@ -307,7 +351,7 @@ class StopController:
         self._stopped = self._stopped or acted
         self.decisions.append(decision)
         if self.log is not None and (not self._syncing() or _rank() == 0):
-            self.log.write(verdict, acted=acted)
+            self.log.write(verdict, acted=acted, values=_plain_values(values))
         return decision
 
     def _decision_log(self) -> DecisionLog | None:
@@ -363,6 +407,23 @@ def default_policy(predictor: Any = None) -> CostAware:
 
 def _policy_name(policy: Any) -> str:
     return getattr(policy, "name", type(policy).__name__)
+
+
+def _run_policy(policy: Any) -> Any:
+    """The policy that decides a multi-task run: ``policy`` if it decides runs, else a
+    ``CostAware`` wrapped by ``MultiTask`` with equal prices."""
+    if callable(getattr(policy, "decide_run", None)):
+        return policy
+    if isinstance(policy, CostAware):
+        return MultiTask(policy)
+    raise TypeError(f"policy {_policy_name(policy)} decides one curve, not a multi-task run: "
+                    f"use MultiTask(CostAware(...), prices=...)")
+
+
+def _plain_values(values: Mapping[Any, Any] | None) -> dict[str, float] | None:
+    if values is None:
+        return None
+    return {str(k): v for k, v in ((k, _as_float(v)) for k, v in values.items())}
 
 
 def _id(x: Any) -> str | None:

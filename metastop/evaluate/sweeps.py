@@ -1,0 +1,324 @@
+"""Replay hyperparameter sweeps built from finished curves through real Optuna studies.
+
+A *study* is a handful of curves of one task (and metric) from different runs, taken as the
+trials of a sweep in a shuffled order. ``replay_study`` runs it through an Optuna study with a
+given pruner, one trial after another (``study.ask()``, ``trial.report(value, step)``,
+``trial.should_prune()``, ``study.tell(...)``), and measures what DESIGN.md's "Sweeps and
+multi-task runs" defines:
+
+- tokens saved = 1 - tokens used / tokens of the unpruned study;
+- study-best regret = best value of the unpruned study minus best value of the pruned one, where
+  a pruned trial counts its best value before it was pruned (direction-aware, metric units,
+  >= 0).
+
+Steps: the trials of a study share one integer step grid, ``step = tokens / unit`` with
+``unit`` the greatest common divisor of all their tokens (``study_grid``), so every pruner
+compares trials at equal cost and ``tokens_per_step = unit`` is exact for ``MetaStopPruner``.
+A completed trial reports its best value (keep-best). Optuna is imported inside functions: it
+is optional.
+
+Example:
+    >>> specs = sample_studies(curves, n_trials=8, n_studies=20, seeds=(0, 1))  # doctest: +SKIP
+    >>> outcome = replay_study(specs[0], lambda unit: optuna.pruners.MedianPruner())  # doctest: +SKIP
+    >>> outcome.tokens_saved, outcome.regret_points  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..curves import Curve
+from ..errors import ParameterError
+from ..stop.prices import to_points
+
+PrunerFactory = Callable[[float], Any]
+"""``factory(tokens_per_step) -> pruner``: a fresh pruner for one study (pruners keep state)."""
+
+OPTUNA_PRUNERS = ("median", "percentile_25", "successive_halving", "hyperband",
+                  "patient_median_3", "none")
+"""The Optuna baselines, at Optuna's defaults except where the name says otherwise."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One sweep to replay: its trials' curves, in the order they run.
+
+    Attributes:
+        name: ``task|metric#index`` of the study.
+        task, metric: what the trials share.
+        seed: the seed that drew the trials and their order.
+        curves: the trials' curves, in trial order.
+    """
+
+    name: str
+    task: str | None
+    metric: str | None
+    seed: int
+    curves: tuple[Curve, ...]
+
+    @property
+    def direction(self) -> str:
+        return self.curves[0].direction
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One trial of a replayed study: how far it ran and the best value it showed."""
+
+    curve_id: str
+    n_seen: int
+    n_points: int
+    tokens_used: float
+    tokens_full: float
+    best_seen: float
+    best_full: float
+
+    @property
+    def pruned(self) -> bool:
+        return self.n_seen < self.n_points
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """A study replayed with one pruner (values in metric units, regret also in points)."""
+
+    study: str
+    seed: int
+    pruner: str
+    direction: str
+    unit: float
+    trials: tuple[TrialOutcome, ...]
+    n_decisions: int
+
+    @property
+    def tokens_saved(self) -> float:
+        full = sum(t.tokens_full for t in self.trials)
+        used = sum(t.tokens_used for t in self.trials)
+        return 1.0 - used / full if full > 0 else 0.0
+
+    @property
+    def regret(self) -> float:
+        """Best of the unpruned study minus best of the pruned one, oriented so >= 0."""
+        pick = max if self.direction == "maximize" else min
+        gap = pick(t.best_full for t in self.trials) - pick(t.best_seen for t in self.trials)
+        return abs(gap) if self.direction == "maximize" or gap == 0 else -gap
+
+    @property
+    def regret_points(self) -> float:
+        return float(to_points(self.regret))
+
+    @property
+    def n_pruned(self) -> int:
+        return sum(t.pruned for t in self.trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "seed": self.seed, "pruner": self.pruner,
+                "tokens_saved": self.tokens_saved, "regret_points": self.regret_points,
+                "n_pruned": self.n_pruned, "n_trials": len(self.trials)}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A pruner over many studies: means with bootstrap 95% intervals over studies x seeds."""
+
+    pruner: str
+    n: int
+    tokens_saved_mean: float
+    tokens_saved_ci95: tuple[float, float]
+    regret_points_mean: float
+    regret_points_ci95: tuple[float, float]
+    regret_points_p95: float
+    share_zero_regret: float
+    trials_pruned_mean: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner, "n_study_seeds": self.n,
+                "tokens_saved_mean": self.tokens_saved_mean,
+                "tokens_saved_ci95": list(self.tokens_saved_ci95),
+                "regret_points_mean": self.regret_points_mean,
+                "regret_points_ci95": list(self.regret_points_ci95),
+                "regret_points_p95": self.regret_points_p95,
+                "share_zero_regret": self.share_zero_regret,
+                "trials_pruned_mean": self.trials_pruned_mean}
+
+
+def sample_studies(curves: Sequence[Curve], *, n_trials: int = 8, n_studies: int = 20,
+                   seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> list[StudySpec]:
+    """Draw up to ``n_studies`` studies, each replayed under every seed.
+
+    Curves are grouped by ``(task, metric)``; only one curve per run counts, and groups with
+    fewer than ``n_trials`` runs are skipped. Study ``i`` belongs to the ``i``-th group in a
+    seeded shuffle, cycling when there are fewer groups than studies (a large task then gives
+    several studies). Each ``(study, seed)`` draws its own ``n_trials`` curves of the group, in
+    a random order.
+
+    Raises:
+        ParameterError: ``n_trials < 2`` or ``n_studies < 1``.
+    """
+    if n_trials < 2 or n_studies < 1:
+        raise ParameterError(f"need n_trials >= 2 and n_studies >= 1, but got {n_trials=}, "
+                             f"{n_studies=}")
+    groups = _groups(curves, n_trials)
+    if not groups:
+        return []
+    order = np.random.default_rng(0).permutation(len(groups))
+    keys = [list(groups)[i] for i in order]
+    specs = []
+    for index in range(min(n_studies, _max_studies(groups, keys, n_trials))):
+        task, metric = keys[index % len(keys)]
+        members = groups[(task, metric)]
+        for seed in seeds:
+            rng = np.random.default_rng([seed, index])
+            chosen = rng.choice(len(members), size=n_trials, replace=False)
+            specs.append(StudySpec(f"{task}|{metric}#{index}", task, metric, int(seed),
+                                   tuple(members[i] for i in chosen)))
+    return specs
+
+
+def _groups(curves: Sequence[Curve], n_trials: int) -> dict[tuple, list[Curve]]:
+    """Curves by (task, metric), one per run, groups of at least ``n_trials`` only."""
+    groups: dict[tuple, dict[str, Curve]] = defaultdict(dict)
+    for curve in curves:
+        groups[(curve.task, curve.metric)].setdefault(curve.run_id or curve.curve_id, curve)
+    return {k: sorted(v.values(), key=lambda c: c.curve_id)
+            for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))
+            if len(v) >= n_trials}
+
+
+def _max_studies(groups: Mapping[tuple, list], keys: list, n_trials: int) -> int:
+    """How many studies the groups support: a group repeats only while it has curves to
+    spare (one study per ``n_trials`` curves, at least one)."""
+    capacity = [max(1, len(groups[k]) // n_trials) for k in keys]
+    total, rounds = 0, max(capacity)
+    for r in range(rounds):
+        if sum(c > r for c in capacity) < len(keys):
+            break
+        total += len(keys)
+    return max(total, len(keys))
+
+
+def study_grid(curves: Sequence[Curve]) -> tuple[float, list[np.ndarray]]:
+    """The study's token unit and each curve's integer steps (``tokens = step * unit``).
+
+    The unit is the greatest common divisor of every integral token count in the study, so all
+    trials share one grid of equal cost; non-integral tokens are first scaled by a power of 10.
+    """
+    tokens = np.concatenate([c.tokens for c in curves])
+    scale = 1.0
+    while scale < 1e6 and not np.allclose(tokens * scale, np.round(tokens * scale), rtol=0, atol=1e-6):
+        scale *= 10.0
+    ints = [int(round(float(t) * scale)) for t in tokens]
+    unit = math.gcd(*ints) if any(ints) else 1
+    unit = unit or 1
+    steps = [np.array([int(round(float(t) * scale)) // unit for t in c.tokens], dtype=np.int64)
+             for c in curves]
+    return unit / scale, steps
+
+
+def replay_study(spec: StudySpec, factory: PrunerFactory, *, name: str = "pruner") -> StudyOutcome:
+    """Run ``spec``'s trials through a real Optuna study pruned by ``factory(unit)``.
+
+    Each trial reports its raw values at its steps, asks ``should_prune()`` after every report,
+    and is told ``PRUNED`` when pruned, else its best value (keep-best).
+    """
+    import optuna
+
+    unit, grids = study_grid(spec.curves)
+    study = optuna.create_study(direction=spec.direction, pruner=factory(unit),
+                                sampler=optuna.samplers.RandomSampler(seed=spec.seed))
+    trials, decisions = [], 0
+    for curve, steps in zip(spec.curves, grids):
+        trial = study.ask()
+        seen = len(steps)
+        for k, (step, value) in enumerate(zip(steps, curve.values)):
+            trial.report(float(value), int(step))
+            decisions += 1
+            if k < len(steps) - 1 and trial.should_prune():
+                seen = k + 1
+                break
+        if seen < len(steps):
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, float(curve.best))
+        trials.append(_trial(curve, seen))
+    return StudyOutcome(spec.name, spec.seed, name, spec.direction, unit, tuple(trials), decisions)
+
+
+def _trial(curve: Curve, seen: int) -> TrialOutcome:
+    best_seen = float(curve.to_metric(curve.scores[:seen].max()))
+    return TrialOutcome(curve.curve_id, seen, len(curve.tokens), float(curve.tokens[seen - 1]),
+                        float(curve.last_tokens), best_seen, float(curve.best))
+
+
+def optuna_pruners() -> dict[str, PrunerFactory]:
+    """Factories of Optuna's pruners (Optuna's defaults except what the name says)."""
+    import optuna
+
+    p = optuna.pruners
+    return {"median": lambda unit: p.MedianPruner(),
+            "percentile_25": lambda unit: p.PercentilePruner(25.0),
+            "successive_halving": lambda unit: p.SuccessiveHalvingPruner(),
+            "hyperband": lambda unit: p.HyperbandPruner(),
+            "patient_median_3": lambda unit: p.PatientPruner(p.MedianPruner(), patience=3),
+            "none": lambda unit: p.NopPruner()}
+
+
+def metastop_pruner(policy: Any) -> PrunerFactory:
+    """A factory of ``MetaStopPruner(policy)`` with the study's ``tokens_per_step``."""
+    from ..integrations.optuna import MetaStopPruner
+
+    return lambda unit: MetaStopPruner(policy, tokens_per_step=unit)
+
+
+def summarize(outcomes: Sequence[StudyOutcome], *, n_resamples: int = 2000,
+              seed: int = 0) -> Summary:
+    """Means over studies x seeds with percentile-bootstrap 95% intervals (seeded).
+
+    Raises:
+        ParameterError: no outcomes, or outcomes of several pruners.
+    """
+    names = {o.pruner for o in outcomes}
+    if len(names) != 1:
+        raise ParameterError(f"summarize takes the outcomes of one pruner, got pruners={sorted(names)}")
+    saved = np.array([o.tokens_saved for o in outcomes])
+    regret = np.array([o.regret_points for o in outcomes])
+    return Summary(names.pop(), len(outcomes), float(saved.mean()),
+                   bootstrap_ci(saved, n_resamples=n_resamples, seed=seed),
+                   float(regret.mean()), bootstrap_ci(regret, n_resamples=n_resamples, seed=seed),
+                   float(np.percentile(regret, 95)), float(np.mean(regret <= 1e-9)),
+                   float(np.mean([o.n_pruned for o in outcomes])))
+
+
+def bootstrap_ci(values: np.ndarray, *, n_resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap 95% interval of the mean (``scipy.stats.bootstrap``)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return float(values.mean()), float(values.mean())
+    result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile",
+                             vectorized=True, random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def dominates(a: Summary, b: Summary) -> bool:
+    """Whether ``a`` saves more tokens than ``b`` at no more mean regret."""
+    return a.tokens_saved_mean > b.tokens_saved_mean and a.regret_points_mean <= b.regret_points_mean
+
+
+def regret_by_study(outcomes: Sequence[StudyOutcome], *, top: int = 5) -> list[dict[str, Any]]:
+    """The studies with the most regret (mean over seeds), for diagnosis."""
+    by: dict[str, list[StudyOutcome]] = defaultdict(list)
+    for o in outcomes:
+        by[o.study].append(o)
+    rows = [{"study": s, "regret_points_mean": float(np.mean([o.regret_points for o in os])),
+             "tokens_saved_mean": float(np.mean([o.tokens_saved for o in os])),
+             "seeds_with_regret": sum(o.regret_points > 1e-9 for o in os), "n_seeds": len(os)}
+            for s, os in by.items()]
+    return sorted(rows, key=lambda r: -r["regret_points_mean"])[:top]
