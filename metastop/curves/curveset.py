@@ -22,14 +22,14 @@ import pandas as pd
 
 from ..errors import CurveError, ParameterError
 from .atomic import atomic_path
-from .schema import (CURVE_COLUMNS, DIRECTIONS, MAXIMIZE, ON_ERROR, POINT_COLUMNS,
-                     REQUIRED_COLUMNS, Curve, bounded_rule, declared_unbounded,
-                     is_bounded_metric)
+from .schema import (BOUNDED, CURVE_COLUMNS, DIRECTIONS, MAXIMIZE, ON_ERROR, POINT_COLUMNS,
+                     REQUIRED_COLUMNS, Curve, bounded_breaks, bounded_message,
+                     declared_unbounded, is_bounded_metric)
 
 log = logging.getLogger(__name__)
 
-_NOT_NUMBERS = (bool, np.bool_, complex, np.complexfloating, datetime.date, datetime.time,
-                datetime.timedelta, np.datetime64, np.timedelta64, bytes)
+_TIMES = (datetime.date, datetime.time, datetime.timedelta, np.datetime64, np.timedelta64)
+_NOT_NUMBERS = (bool, np.bool_, complex, np.complexfloating, bytes, *_TIMES)
 _CONTAINERS = (dict, list, tuple, set, np.ndarray)
 
 
@@ -55,8 +55,7 @@ def numeric_cells(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def cell_rule(column: str, value: Any) -> str:
     """The rule a non-number cell of ``column`` breaks, saying what it holds instead."""
     kind = ("true/false is not a measurement" if isinstance(value, (bool, np.bool_)) else
-            "a date or duration is not a count" if isinstance(value, _NOT_NUMBERS[4:9]) or
-            isinstance(value, pd.Timestamp) else
+            "a date or duration is not a count" if isinstance(value, _TIMES) else
             "a complex number" if isinstance(value, (complex, np.complexfloating)) else None)
     return f"{column} must be a number, got {value!r}" + (f" ({kind})" if kind else "")
 
@@ -155,9 +154,9 @@ class CurveSet(Sequence[Curve]):
         lengths = np.fromiter((len(c) for c in self._curves), dtype=np.int64, count=len(self))
         rows = np.repeat(np.arange(len(self)), lengths)
 
-        def repeat(values: list) -> pd.Series:
+        def repeat(values: list, name: str = "") -> pd.Series:
             # Tidy the per-curve values once, then repeat them per point (fast on big sets).
-            tidy = _tidy_object_column(pd.Series(values, dtype=object))
+            tidy = _tidy_object_column(pd.Series(values, dtype=object, name=name))
             return tidy.take(rows).reset_index(drop=True)
 
         columns: dict[str, Any] = {
@@ -170,7 +169,7 @@ class CurveSet(Sequence[Curve]):
         columns["budget"] = np.repeat([c.budget for c in self._curves], lengths).astype(float)
         meta_keys = sorted({k for c in self._curves for k in c.meta})
         for key in meta_keys:
-            columns[key] = repeat([c.meta.get(key) for c in self._curves])
+            columns[key] = repeat([c.meta.get(key) for c in self._curves], key)
         return pd.DataFrame(columns)
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -188,11 +187,51 @@ class CurveSet(Sequence[Curve]):
 
 
 def _tidy_object_column(column: pd.Series) -> pd.Series:
-    """Keep metadata columns typed: numbers as numbers, text as text."""
-    converted = pd.to_numeric(column, errors="coerce")
-    if converted.notna().sum() == column.notna().sum() and column.notna().any():
-        return converted
+    """Keep metadata columns typed and writable: numbers as numbers, text as text; values
+    of mixed kinds or nested ones (objects, lists) as text (``_as_text``)."""
+    kinds = _kinds(column)
+    if "nested" not in kinds:
+        converted = pd.to_numeric(column, errors="coerce")
+        if converted.notna().sum() == column.notna().sum() and column.notna().any():
+            return converted
+    if len(kinds) > 1 or "nested" in kinds:
+        log.warning("metadata column %r holds %s values; written as text", column.name,
+                    " and ".join(sorted(kinds)))
+        return _as_texts(column).astype("string")
     return column.astype("string") if column.map(lambda v: v is None or isinstance(v, str)).all() else column
+
+
+def _kinds(column: pd.Series) -> set[str]:
+    """The kinds of the present values of an object column: number, text, true/false,
+    nested (objects, lists) or a type name."""
+    def kind(value: Any) -> str:
+        return ("true/false" if isinstance(value, (bool, np.bool_)) else
+                "number" if isinstance(value, (int, float, np.number)) else
+                "text" if isinstance(value, str) else
+                "nested" if isinstance(value, _CONTAINERS) else type(value).__name__)
+    return {kind(v) for v in column[_present(column)]}
+
+
+def _present(column: pd.Series) -> np.ndarray:
+    return column.map(lambda v: isinstance(v, _CONTAINERS) or not pd.isna(v)).to_numpy(dtype=bool)
+
+
+def _as_texts(column: pd.Series) -> pd.Series:
+    """Each present value as text: nested values as JSON (sorted keys), others by ``str``;
+    ``CurveError`` if a value nests deeper than Python can write."""
+    def text(value: Any) -> str:
+        if not isinstance(value, _CONTAINERS):
+            return str(value)
+        try:
+            return json.dumps(value, sort_keys=True, default=str)
+        except TypeError:  # keys of mixed types cannot be sorted
+            return json.dumps(value, default=str)
+        except (RecursionError, ValueError):
+            raise CurveError(f"metadata column {column.name!r} nests too deep to keep "
+                             f"(even as text); flatten it") from None
+    present = _present(column)
+    return pd.Series([text(v) if p else None for v, p in zip(column, present)],
+                     index=column.index, dtype=object, name=column.name)
 
 
 class _TableBuilder:
@@ -207,6 +246,7 @@ class _TableBuilder:
         self.tokens_column, self.budget_column = tokens_column, budget_column
         self.problems: dict[int, tuple[int, str]] = {}  # curve code -> (row, rule)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.warnings: list[str] = []
 
     def fail(self, rule: str, *, curve: str | None = None, row: int | None = None) -> CurveError:
         if row is not None and self.rows is not None:
@@ -232,23 +272,34 @@ class _TableBuilder:
         else:
             self.codes, names = pd.factorize(ids.astype(str), sort=False)
         self.names = np.asarray(names, dtype=object)  # indexing an Index per curve is slow
+        blank = [code for code, name in enumerate(self.names) if not str(name).strip()]
+        if blank:
+            row = int(np.argmax(self.codes == blank[0]))
+            raise self.fail(f"curve_id must not be empty, got {self.names[blank[0]]!r}", row=row)
         self.order = np.argsort(self.codes, kind="stable")
         self.sorted_codes = self.codes[self.order]
         self.tokens = self._numeric(self.tokens_column)[self.order]
         self.values = self._numeric("value")[self.order]
         self.starts = np.flatnonzero(np.r_[True, np.diff(self.sorted_codes) != 0])
+        self.unbounded = self._declared_unbounded()
         self._check_points()
         attrs = self._curve_attributes()
         return self._assemble(attrs)
 
     def _numeric(self, column: str) -> np.ndarray:
         raw = self.frame[column]
-        numbers = pd.to_numeric(raw, errors="coerce")
-        bad = numbers.isna() & raw.notna()
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            self._record(self.codes[row], row, f"{column} must be a number, got {raw.iloc[row]!r}")
-        return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers, bad = numeric_cells(raw)
+        rows = np.flatnonzero(bad)
+        for row in rows[:1] if self.on_error == "fail" else rows:
+            self._record(self.codes[row], int(row), cell_rule(column, raw.iloc[row]))
+        return numbers
+
+    def _declared_unbounded(self) -> np.ndarray:
+        """Per curve: whether its ``bounded`` column declares its metric unbounded."""
+        if BOUNDED not in self.frame.columns:
+            return np.zeros(len(self.starts), dtype=bool)
+        return np.array([declared_unbounded({BOUNDED: v}) for v in self._first_rows(BOUNDED)],
+                        dtype=bool)
 
     def _record(self, code: int, row: int, rule: str) -> None:
         if self.on_error == "fail":
@@ -292,7 +343,7 @@ class _TableBuilder:
             attrs[name] = (self._first_rows(name) if name in self.frame.columns
                            else np.full(n, None, dtype=object))
         if "direction" in self.frame.columns:
-            direction = pd.Series(self._first_rows("direction")).fillna(MAXIMIZE).astype(str).str.lower()
+            direction = self._directions()
             for code in np.flatnonzero(~direction.isin(DIRECTIONS).to_numpy()):
                 self._record(code, int(self.order[self.starts[code]]),
                              f"direction must be one of {DIRECTIONS}, got {direction[code]!r}")
@@ -302,8 +353,11 @@ class _TableBuilder:
         ends = np.r_[self.starts[1:], len(self.tokens)] - 1
         last = self.tokens[ends]
         if self.budget_column in self.frame.columns:
-            budget = pd.to_numeric(pd.Series(self._first_rows(self.budget_column)),
-                                   errors="coerce").to_numpy(dtype=np.float64)
+            firsts = pd.Series(self._first_rows(self.budget_column))
+            budget, bad = numeric_cells(firsts)
+            for code in np.flatnonzero(bad):
+                self._record(int(code), int(self.order[self.starts[code]]),
+                             cell_rule(self.budget_column, firsts[code]))
             budget = np.where(np.isnan(budget), last, budget)
             for code in np.flatnonzero(~(budget >= last) | ~np.isfinite(budget)):
                 self._record(code, int(self.order[ends[code]]),
@@ -312,13 +366,41 @@ class _TableBuilder:
         else:
             budget = last
         attrs["budget"] = budget
+        self._check_bounds(attrs)
         self._check_scales(attrs)
         return attrs
+
+    def _directions(self) -> pd.Series:
+        """Per curve, its first given direction (default maximize); a different one on a later
+        row of the same curve is an error."""
+        given = self.frame["direction"].iloc[self.order].reset_index(drop=True)
+        text = given.astype("string").str.strip().str.lower()
+        first = text.groupby(self.sorted_codes).first().reindex(range(len(self.starts)))
+        per_row = first.to_numpy(dtype=object)[self.sorted_codes]
+        conflict = (text.notna() & (text != per_row)).to_numpy(dtype=bool)
+        self._flag(conflict, lambda p: f"direction must be the same on every row of a curve, "
+                                       f"got {per_row[p]!r} then {text[p]!r}")
+        return first.fillna(MAXIMIZE).astype(object).reset_index(drop=True)
+
+    def _check_bounds(self, attrs: dict[str, np.ndarray]) -> None:
+        """A share of examples (accuracy, EM, F1) stays in its range (``bounded_breaks``),
+        unless its curve declares it unbounded."""
+        metrics = pd.Series(attrs["metric"]).astype("string").str.lower().fillna("")
+        bounded = metrics.map(is_bounded_metric).to_numpy(dtype=bool) & ~self.unbounded
+        if not bounded.any():
+            return
+        kinds = bounded_breaks(self.values, self.starts)
+        kinds[~np.repeat(bounded, np.diff(np.r_[self.starts, len(self.values)]))] = 0
+        for kind in (1, 2, 3):
+            self._flag(kinds == kind, lambda p, k=kind: (
+                f"metric {attrs['metric'][self.sorted_codes[p]]!r}: "
+                f"{bounded_message(k, float(self.values[p]))} (a 'bounded' column set to "
+                f"false declares a metric unbounded)"))
 
     def _check_scales(self, attrs: dict[str, np.ndarray]) -> None:
         """A bounded metric (accuracy, EM, F1) must use one scale, 0-1 or 0-100, across curves."""
         metrics = pd.Series(attrs["metric"]).astype("string").str.lower()
-        bounded = metrics.fillna("").map(is_bounded_metric).to_numpy(dtype=bool)
+        bounded = metrics.fillna("").map(is_bounded_metric).to_numpy(dtype=bool) & ~self.unbounded
         if not bounded.any():
             return
         peak = np.maximum.reduceat(np.abs(np.nan_to_num(self.values)), self.starts)
@@ -335,10 +417,25 @@ class _TableBuilder:
         """Per-curve metadata from the first row of each curve; missing cells left out."""
         if not extra:
             return [{} for _ in self.starts]
-        firsts = self.frame[extra].iloc[self.order[self.starts]]
+        firsts = self.frame[extra].iloc[self.order[self.starts]].reset_index(drop=True)
+        for column in extra:
+            if firsts[column].dtype == object:
+                firsts[column] = self._uniform(firsts[column])
         missing = firsts.isna().to_numpy().tolist()
         return [{k: v for (k, v), m in zip(row.items(), miss) if not m}
                 for row, miss in zip(firsts.to_dict("records"), missing)]
+
+    def _uniform(self, column: pd.Series) -> pd.Series:
+        """A metadata column whose values mix kinds across curves or nest, as text (said in
+        ``warnings``): Parquet keeps one type per column."""
+        kinds = _kinds(column)
+        if len(kinds) <= 1 and "nested" not in kinds:
+            return column
+        where = f"file {self.source}: " if self.source else ""
+        self.warnings.append(f"{where}metadata column {column.name!r} holds "
+                             f"{' and '.join(sorted(kinds))} values; stored as text")
+        log.warning("%s", self.warnings[-1])
+        return _as_texts(column)
 
     def _assemble(self, attrs: dict[str, np.ndarray]) -> CurveSet:
         known = {*REQUIRED_COLUMNS, *POINT_COLUMNS, self.tokens_column, *CURVE_COLUMNS,
@@ -362,7 +459,7 @@ class _TableBuilder:
         if not curves:
             raise self.fail(f"no valid curve left after skipping {len(dropped)} bad ones; "
                             f"first problem: {dropped[0] if dropped else 'none'}")
-        return CurveSet(curves, dropped=dropped)
+        return CurveSet(curves, dropped=dropped, warnings=self.warnings)
 
 
 def _texts(values: np.ndarray) -> list[str | None]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -68,32 +68,57 @@ def declared_unbounded(meta: Mapping[str, Any]) -> bool:
     return value is not None and not isinstance(value, (dict, list)) and not bool(value)
 
 
-def bounded_rule(values: np.ndarray) -> tuple[int, str] | None:
-    """``(point index, rule)`` of the first value a share of examples cannot take, else None.
+def bounded_breaks(values: np.ndarray, starts: Sequence[int] = (0,)) -> np.ndarray:
+    """Per point, the range rule of a share of examples it breaks, for curves beginning at
+    ``starts``: 0 none, 1 below 0, 2 above 100, 3 above 1 in a curve otherwise on 0-1.
 
     Such a metric lies in [0, 100]; a curve reaching above 1 is on 0-100, unless its values
     above 1 are a minority, each more than 10 times its largest value within (0, 1]: then
     they are outliers in a 0-1 curve (a 50 among 0.1-0.6), not a scale.
 
     Example:
+        >>> bounded_breaks(np.array([0.1, 0.2, 50.0, 0.3, -1.0, 3.0, 40.0]), [0, 4]).tolist()
+        [0, 0, 3, 0, 1, 0, 0]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = np.where(np.isfinite(v), v, 0.0)
+    starts = np.asarray(starts, dtype=np.int64)
+    small, big = (v > 0) & (v <= 1), v > 1
+    n_small, n_big = np.add.reduceat(small, starts), np.add.reduceat(big, starts)
+    top_small = np.maximum.reduceat(np.where(small, v, 0.0), starts)
+    low_big = np.minimum.reduceat(np.where(big, v, np.inf), starts)
+    outliers = (n_big > 0) & (n_big < n_small) & (low_big > _OUTLIER_RATIO * top_small)
+    out = np.zeros(len(v), dtype=np.int8)
+    out[big & np.repeat(outliers, np.diff(np.r_[starts, len(v)]))] = 3
+    out[v > 100] = 2
+    out[v < 0] = 1
+    return out
+
+
+def bounded_message(kind: int, value: float) -> str:
+    """The rule that ``bounded_breaks`` kind ``kind`` (1, 2 or 3) names, for ``value``."""
+    if kind == 3:
+        return (f"value {value!r} is above 1 while most of the curve's values lie within "
+                f"(0, 1]: a share of examples keeps one scale, 0-1 or 0-100")
+    return (f"value must be {'>= 0' if kind == 1 else '<= 100'} for a share of examples "
+            f"(0-1 or 0-100), got {value!r}")
+
+
+def bounded_rule(values: np.ndarray) -> tuple[int, str] | None:
+    """``(point index, rule)`` of the first value of one curve that a share of examples
+    cannot take (``bounded_breaks``), else None.
+
+    Example:
         >>> bounded_rule(np.array([0.1, 0.2, 50.0, 0.3]))[0], bounded_rule(np.array([0.5, 3.0, 40.0]))
         (2, None)
     """
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.where(np.isfinite(values), values, 0.0)
-    for bad, rule in ((finite < 0, ">= 0"), (finite > 100, "<= 100")):
-        if bad.any():
-            i = int(np.argmax(bad))
-            return i, (f"value must be {rule} for a share of examples (0-1 or 0-100), "
-                       f"got {float(values[i])!r}")
-    small, big = (finite > 0) & (finite <= 1), finite > 1
-    if big.any() and big.sum() < small.sum() and \
-            finite[big].min() > _OUTLIER_RATIO * finite[small].max():
-        i = int(np.argmax(big))
-        return i, (f"value {float(values[i])!r} is above 1 while {int(small.sum())} of the "
-                   f"curve's values lie within (0, 1]: a share of examples keeps one scale, "
-                   f"0-1 or 0-100")
-    return None
+    if len(values) == 0:
+        return None
+    kinds = bounded_breaks(values)
+    if not kinds.any():
+        return None
+    i = int(np.argmax(kinds != 0))
+    return i, bounded_message(int(kinds[i]), float(values[i]))
 
 
 def metric_floor(name: str | None) -> float:

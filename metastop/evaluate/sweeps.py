@@ -68,15 +68,16 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One trial of a replayed study: how far it ran and the best value it showed."""
+    """One trial of a replayed study: how far it ran and the best score it showed (scores are
+    values oriented so that higher is better, ``Curve.scores``)."""
 
     curve_id: str
     n_seen: int
     n_points: int
     tokens_used: float
     tokens_full: float
-    best_seen: float
-    best_full: float
+    best_score_seen: float
+    best_score_full: float
 
     @property
     def pruned(self) -> bool:
@@ -103,10 +104,9 @@ class StudyOutcome:
 
     @property
     def regret(self) -> float:
-        """Best of the unpruned study minus best of the pruned one, oriented so >= 0."""
-        pick = max if self.direction == "maximize" else min
-        gap = pick(t.best_full for t in self.trials) - pick(t.best_seen for t in self.trials)
-        return abs(gap) if self.direction == "maximize" or gap == 0 else -gap
+        """Best of the unpruned study minus best of the pruned one (metric units, >= 0)."""
+        return (max(t.best_score_full for t in self.trials)
+                - max(t.best_score_seen for t in self.trials))
 
     @property
     def regret_points(self) -> float:
@@ -152,10 +152,10 @@ def sample_studies(curves: Sequence[Curve], *, n_trials: int = 8, n_studies: int
     """Draw up to ``n_studies`` studies, each replayed under every seed.
 
     Curves are grouped by ``(task, metric)``; only one curve per run counts, and groups with
-    fewer than ``n_trials`` runs are skipped. Study ``i`` belongs to the ``i``-th group in a
-    seeded shuffle, cycling when there are fewer groups than studies (a large task then gives
-    several studies). Each ``(study, seed)`` draws its own ``n_trials`` curves of the group, in
-    a random order.
+    fewer than ``n_trials`` runs are skipped. Groups are taken in a seeded shuffle, round after
+    round, a group giving at most one study per ``n_trials`` of its runs (a large task gives
+    several studies, a small one a single study). Each ``(study, seed)`` draws its own
+    ``n_trials`` curves of the group, in a random order.
 
     Raises:
         ParameterError: ``n_trials < 2`` or ``n_studies < 1``.
@@ -164,16 +164,11 @@ def sample_studies(curves: Sequence[Curve], *, n_trials: int = 8, n_studies: int
         raise ParameterError(f"need n_trials >= 2 and n_studies >= 1, but got {n_trials=}, "
                              f"{n_studies=}")
     groups = _groups(curves, n_trials)
-    if not groups:
-        return []
-    order = np.random.default_rng(0).permutation(len(groups))
-    keys = [list(groups)[i] for i in order]
     specs = []
-    for index in range(min(n_studies, _max_studies(groups, keys, n_trials))):
-        task, metric = keys[index % len(keys)]
-        members = groups[(task, metric)]
+    for index, key in enumerate(_study_groups(groups, n_trials, n_studies)):
+        members, (task, metric) = groups[key], key
         for seed in seeds:
-            rng = np.random.default_rng([seed, index])
+            rng = np.random.default_rng([int(seed), index])
             chosen = rng.choice(len(members), size=n_trials, replace=False)
             specs.append(StudySpec(f"{task}|{metric}#{index}", task, metric, int(seed),
                                    tuple(members[i] for i in chosen)))
@@ -190,16 +185,14 @@ def _groups(curves: Sequence[Curve], n_trials: int) -> dict[tuple, list[Curve]]:
             if len(v) >= n_trials}
 
 
-def _max_studies(groups: Mapping[tuple, list], keys: list, n_trials: int) -> int:
-    """How many studies the groups support: a group repeats only while it has curves to
-    spare (one study per ``n_trials`` curves, at least one)."""
-    capacity = [max(1, len(groups[k]) // n_trials) for k in keys]
-    total, rounds = 0, max(capacity)
-    for r in range(rounds):
-        if sum(c > r for c in capacity) < len(keys):
-            break
-        total += len(keys)
-    return max(total, len(keys))
+def _study_groups(groups: Mapping[tuple, list], n_trials: int, n_studies: int) -> list[tuple]:
+    """The group of each study: a seeded shuffle of the groups, round after round, while a
+    group has ``n_trials`` runs to spare for another study."""
+    keys = list(groups)
+    keys = [keys[i] for i in np.random.default_rng(0).permutation(len(keys))]
+    rounds = max((len(g) // n_trials for g in groups.values()), default=0)
+    order = [k for r in range(rounds) for k in keys if len(groups[k]) // n_trials > r]
+    return order[:n_studies]
 
 
 def study_grid(curves: Sequence[Curve]) -> tuple[float, list[np.ndarray]]:
@@ -250,9 +243,9 @@ def replay_study(spec: StudySpec, factory: PrunerFactory, *, name: str = "pruner
 
 
 def _trial(curve: Curve, seen: int) -> TrialOutcome:
-    best_seen = float(curve.to_metric(curve.scores[:seen].max()))
     return TrialOutcome(curve.curve_id, seen, len(curve.tokens), float(curve.tokens[seen - 1]),
-                        float(curve.last_tokens), best_seen, float(curve.best))
+                        float(curve.last_tokens), float(curve.scores[:seen].max()),
+                        float(curve.scores.max()))
 
 
 def optuna_pruners() -> dict[str, PrunerFactory]:
@@ -322,3 +315,38 @@ def regret_by_study(outcomes: Sequence[StudyOutcome], *, top: int = 5) -> list[d
              "seeds_with_regret": sum(o.regret_points > 1e-9 for o in os), "n_seeds": len(os)}
             for s, os in by.items()]
     return sorted(rows, key=lambda r: -r["regret_points_mean"])[:top]
+
+
+def regret_causes(outcomes: Sequence[StudyOutcome], *, top: int = 10) -> dict[str, Any]:
+    """Why studies lost their best: the pruned trial that would have won each of them.
+
+    Returns the largest cases (study, seed, the winner's position among the trials, the share
+    of its tokens seen when pruned, what it had shown then and what it reached, in points) and
+    a summary over every study with regret.
+    """
+    cases = [_cause(o) for o in outcomes if o.regret > 1e-12]
+    cases.sort(key=lambda c: -c["regret_points"])
+    fractions = np.array([c["fraction_seen"] for c in cases]) if cases else np.array([])
+    return {"n_with_regret": len(cases), "n_outcomes": len(outcomes),
+            "winner_fraction_seen_median": float(np.median(fractions)) if cases else None,
+            "winner_pruned_before_half": int((fractions < 0.5).sum()),
+            "winner_position_counts": _counts([c["winner_position"] for c in cases]),
+            "largest": cases[:top]}
+
+
+def _cause(outcome: StudyOutcome) -> dict[str, Any]:
+    position = int(np.argmax([t.best_score_full for t in outcome.trials]))
+    winner = outcome.trials[position]
+    runner_up = max(t.best_score_seen for t in outcome.trials)
+    return {"study": outcome.study, "seed": outcome.seed, "curve_id": winner.curve_id,
+            "winner_position": position, "n_pruned": outcome.n_pruned,
+            "fraction_seen": winner.tokens_used / winner.tokens_full if winner.tokens_full else 0.0,
+            "points_seen": winner.n_seen, "points_total": winner.n_points,
+            "winner_gain_after_pruning_points": float(to_points(winner.best_score_full
+                                                                - winner.best_score_seen)),
+            "regret_points": outcome.regret_points,
+            "delivered_vs_winner_seen_points": float(to_points(runner_up - winner.best_score_seen))}
+
+
+def _counts(values: Sequence[int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in zip(*np.unique(np.asarray(values, dtype=int), return_counts=True))}

@@ -3,6 +3,10 @@
 The registry (``metastop.ops.registry``) writes the pointer file ``current`` atomically under
 its lock; this module only reads it, so that ``Predictor.load()`` can serve the champion
 without the prediction stage importing the operations stage.
+
+An installed wheel has no registry (no ``models/`` folder): the default model is packaged
+with metastop (``metastop/_model``, a link to ``models/default`` in a checkout) and serves
+when the default registry holds no champion.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ POINTER = "current"
 MANIFEST = "manifest.json"
 ENV_ROOT = "METASTOP_MODELS"
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "_model"
+"""The default model shipped inside the package (the wheel's copy of ``models/default``)."""
 
 
 def default_root() -> Path:
@@ -61,15 +67,25 @@ def read_pointer(root: Path) -> dict[str, Any]:
 def champion_dir(root: str | os.PathLike | None = None) -> Path:
     """The folder of the current champion under ``root`` (default: ``default_root()``).
 
+    Without ``root`` and ``$METASTOP_MODELS``, a registry that holds neither a pointer nor
+    the ``default`` folder (an installed wheel has none) serves ``PACKAGED_MODEL``.
+
     Raises:
         ModelError: the champion has no manifest (naming the pointer and what to do).
     """
+    fallback_allowed = root is None and not os.environ.get(ENV_ROOT)
     root = Path(root) if root is not None else default_root()
     name = read_pointer(root)["champion"]
     path = root / name
-    if not (path / MANIFEST).is_file():
-        where = root / POINTER if (root / POINTER).exists() else "the default"
-        raise ModelError(f"file {path / MANIFEST}: champion {name!r} (named by {where}) "
-                         f"has no manifest; run `metastop models rollback` or promote another "
-                         f"version")
-    return path
+    if (path / MANIFEST).is_file():
+        return path
+    no_registry = not (root / POINTER).exists() and not path.exists()
+    if fallback_allowed and no_registry and (PACKAGED_MODEL / MANIFEST).is_file():
+        return PACKAGED_MODEL
+    where = root / POINTER if (root / POINTER).exists() else "the default"
+    todo = ("there is no model registry there and no model packaged with metastop: reinstall "
+            "metastop (its wheel ships the default model), set $METASTOP_MODELS to a registry "
+            "folder or pass a model folder to Predictor.load()") if no_registry else (
+            "run `metastop models rollback` or promote another version")
+    raise ModelError(f"file {path / MANIFEST}: champion {name!r} (named by {where}) "
+                     f"has no manifest; {todo}")

@@ -91,29 +91,37 @@ class MultiTask(StoppingPolicy):
     Args:
         policy: the ``CostAware`` policy whose predictor, risk and warm-up apply to every task.
         prices: task -> price (a ``PriceBook``, whose default covers unnamed tasks, or a
-            mapping); default: ``policy.price`` for every task (equal weights).
+            mapping); default: ``policy.price`` for every task (equal weights). A task weighs
+            its price; a point of the weighted score is worth the tasks' mean price.
+        correlation: how far the tasks' prediction errors move together, in [0, 1]: 1 sums
+            each task's upper quantile (the most cautious), 0 treats them as independent.
     """
 
     name = "multi_task"
 
-    def __init__(self, policy: CostAware, *, prices: PriceBook | Mapping[str, Price] | None = None):
+    def __init__(self, policy: CostAware, *, prices: PriceBook | Mapping[str, Price] | None = None,
+                 correlation: float = 0.5):
         if not isinstance(policy, CostAware):
             raise ParameterError(f"policy must be a CostAware (its predictor judges each task), "
                                  f"got policy={policy!r}")
         if prices is not None and not isinstance(prices, (PriceBook, Mapping)):
             raise ParameterError(f"prices must be a PriceBook or a mapping task -> Price, got "
                                  f"prices={prices!r}")
-        self.policy, self.prices = policy, prices
+        if not 0.0 <= correlation <= 1.0:
+            raise ParameterError(f"correlation must be in [0, 1], but got {correlation=}")
+        self.policy, self.prices, self.correlation = policy, prices, float(correlation)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"policy": {"name": self.policy.name, "params": self.policy.params}}
+        return {"policy": {"name": self.policy.name, "params": self.policy.params},
+                "correlation": self.correlation}
 
     def decide(self, curve: Curve) -> Decision:
         return self.policy.decide(curve)
 
     def with_context(self, context: Any) -> MultiTask:
-        return MultiTask(self.policy.with_context(context), prices=self.prices)
+        return MultiTask(self.policy.with_context(context), prices=self.prices,
+                         correlation=self.correlation)
 
     def price(self, task: str) -> Price:
         if isinstance(self.prices, PriceBook):
@@ -168,8 +176,9 @@ class MultiTask(StoppingPolicy):
                                                          horizons=[horizons] * len(tasks))
         w = self._weights(curves)
         best, best_score = self._best(curves)
-        upper = {t: w[t] * to_points(p.quantile(self.policy.risk)) for t, p in zip(tasks, predictions)}
-        gain = np.maximum(0.0, sum(upper.values()) - best)  # tokens of worth, per horizon
+        upper = self._upper(tasks, predictions, w)
+        per_point = sum(w.values()) / len(w)  # tokens one point of the weighted score is worth
+        gain = np.maximum(0.0, upper - best / sum(w.values())) * per_point  # tokens of worth
         cost = horizons - lead.last_tokens
         i = int(np.argmax(gain - cost))
         stop = bool(np.all(gain < cost))
@@ -183,9 +192,24 @@ class MultiTask(StoppingPolicy):
                         message=message, tokens=lead.last_tokens,
                         value=self._weighted_now(curves), best=best_score,
                         predicted_final=self._as_score(median, w, lead),
-                        expected_gain=float(gain[i] / sum(w.values())),
+                        expected_gain=float(gain[i] / per_point),
                         projected_cost=float(cost[i]), policy=self.name)
 
+    def _upper(self, tasks: list[str], predictions: list, w: Mapping[str, float]) -> np.ndarray:
+        """The ``risk`` quantile of the weighted mean score (points) at each horizon.
+
+        Each task's median plus its spread up to the ``risk`` quantile, combined as the
+        weighted mean of the medians plus a spread between the independent-errors bound
+        (root of summed squares) and the fully correlated one (the weighted mean of the
+        spreads), mixed by ``correlation``: tasks scored on one checkpoint share its errors.
+        """
+        weights = np.array([w[t] for t in tasks]) / sum(w.values())
+        medians = np.stack([to_points(p.quantile(0.5)) for p in predictions])
+        spreads = np.stack([to_points(p.quantile(self.policy.risk)) for p in predictions]) - medians
+        spreads = np.maximum(spreads, 0.0)
+        together = weights @ spreads
+        independent = np.sqrt((weights ** 2) @ (spreads ** 2))
+        return weights @ medians + self.correlation * together + (1 - self.correlation) * independent
 
 def _movers(curves: Mapping[str, Curve], predictions: list, risk: float, i: int) -> str:
     """The tasks whose possible gain at horizon ``i`` is largest, in points."""
