@@ -201,9 +201,17 @@ def _tidy_object_column(column: pd.Series) -> pd.Series:
     return column.astype("string") if column.map(lambda v: v is None or isinstance(v, str)).all() else column
 
 
+_ONE_KIND = {"string": "text", "integer": "number", "floating": "number",
+             "mixed-integer-float": "number", "boolean": "true/false", "empty": None}
+
+
 def _kinds(column: pd.Series) -> set[str]:
     """The kinds of the present values of an object column: number, text, true/false,
     nested (objects, lists) or a type name."""
+    inferred = pd.api.types.infer_dtype(column, skipna=True)
+    if inferred in _ONE_KIND:  # pandas tells a one-kind column apart quickly
+        return {_ONE_KIND[inferred]} - {None}
+
     def kind(value: Any) -> str:
         return ("true/false" if isinstance(value, (bool, np.bool_)) else
                 "number" if isinstance(value, (int, float, np.number)) else
@@ -382,11 +390,16 @@ class _TableBuilder:
                                        f"got {per_row[p]!r} then {text[p]!r}")
         return first.fillna(MAXIMIZE).astype(object).reset_index(drop=True)
 
+    def _bounded(self, attrs: dict[str, np.ndarray]) -> np.ndarray:
+        """Per curve: a share of examples (``is_bounded_metric``) not declared unbounded."""
+        metrics = pd.Series(attrs["metric"]).astype("string").str.lower().fillna("")
+        names = [m for m in metrics.unique() if is_bounded_metric(m)]
+        return metrics.isin(names).to_numpy(dtype=bool) & ~self.unbounded
+
     def _check_bounds(self, attrs: dict[str, np.ndarray]) -> None:
         """A share of examples (accuracy, EM, F1) stays in its range (``bounded_breaks``),
         unless its curve declares it unbounded."""
-        metrics = pd.Series(attrs["metric"]).astype("string").str.lower().fillna("")
-        bounded = metrics.map(is_bounded_metric).to_numpy(dtype=bool) & ~self.unbounded
+        bounded = self._bounded(attrs)
         if not bounded.any():
             return
         kinds = bounded_breaks(self.values, self.starts)
@@ -400,7 +413,7 @@ class _TableBuilder:
     def _check_scales(self, attrs: dict[str, np.ndarray]) -> None:
         """A bounded metric (accuracy, EM, F1) must use one scale, 0-1 or 0-100, across curves."""
         metrics = pd.Series(attrs["metric"]).astype("string").str.lower()
-        bounded = metrics.fillna("").map(is_bounded_metric).to_numpy(dtype=bool) & ~self.unbounded
+        bounded = self._bounded(attrs)
         if not bounded.any():
             return
         peak = np.maximum.reduceat(np.abs(np.nan_to_num(self.values)), self.starts)

@@ -103,7 +103,8 @@ _SCHEMA_ROWS = (
 
 
 def data_card(curves: CurveSet, *, command: str, wall_minutes: float, note: str = "") -> str:
-    """The ``em_curves.parquet`` section of ``data/README.md`` (markdown)."""
+    """The ``em_curves.parquet`` section of ``data/README.md`` (markdown; one template, so
+    longer than a function should be)."""
     lengths = [len(c) for c in curves]
     schema = _markdown_table(("column", "meaning"), _SCHEMA_ROWS)
     per_curve = (f"{min(lengths)}" if min(lengths) == max(lengths)

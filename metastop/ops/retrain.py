@@ -262,10 +262,7 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
     with registry.lock():
         gathered = _gather(paths, runs_dir)
         training = training_set(recipe, extra=gathered.curves, extra_sources=gathered.sources)
-        if len(training.held_out) == 0:
-            raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left no held-out curve "
-                                 f"among {len(training.train)}; retraining needs curves from "
-                                 f"more runs")
+        _check_held_out(training)
         evaluated = eval_sample(training.held_out)
         champion_name, champion, champion_info = _load_champion(registry)
         log.info("training a challenger on %d curves (%d held out)", len(training.train),
@@ -288,12 +285,22 @@ def retrain(paths: Iterable[str | os.PathLike] = (), *, runs_dir: str | os.PathL
         data=_data_summary(gathered, training),
         champion={"name": champion_name, **champion_info,
                   "evaluation": champion_eval.to_dict() if champion_eval else None},
-        challenger={"params": challenger.get_params(), "dask_scheduler": dask_scheduler,
-                    "fit_seconds": round(fit_s, 2), "path": str(stage),
-                    "evaluation": challenger_eval.to_dict()},
+        challenger=_challenger_summary(challenger, challenger_eval, stage, fit_s, dask_scheduler),
         verdict=verdict, promoted_as=promoted_as, out=str(out))
     write_report(result, out)
     return result
+
+
+def _challenger_summary(challenger: Predictor, evaluation: Evaluation, stage: Path,
+                        fit_s: float, dask_scheduler: str | None) -> dict[str, Any]:
+    return {"params": challenger.get_params(), "dask_scheduler": dask_scheduler,
+            "fit_seconds": round(fit_s, 2), "path": str(stage), "evaluation": evaluation.to_dict()}
+
+
+def _check_held_out(training: TrainingSet) -> None:
+    if len(training.held_out) == 0:
+        raise ParameterError(f"the held-out split ({HOLDOUT_RULE}) left no held-out curve among "
+                             f"{len(training.train)}; retraining needs curves from more runs")
 
 
 def _gather(paths: Iterable[str | os.PathLike], runs_dir: str | os.PathLike | None) -> Gathered:
