@@ -160,3 +160,14 @@ def test_unreadable_history_warns_and_the_run_goes_on(trained, tmp_path, caplog)
     assert decisions[-1].predicted_final is not None and not any(d.stop for d in decisions[:2])
     with pytest.raises(ParameterError, match="needs a history store"):
         StopController(CostAware(trained), budget=10.0).record()
+
+
+def test_without_siblings_it_is_exactly_the_context_free_model(trained):
+    """A curve without siblings gets what a context-free model of the same recipe says."""
+    plain = Predictor(n_estimators=60, num_leaves=15, min_child_samples=20,
+                      context=False).fit(task_curves(seed=0))
+    curve = task_curves(n_tasks=1, runs=1, seed=3)[0].prefix(6)
+    np.testing.assert_array_equal(trained.predict(curve).scores, plain.predict(curve).scores)
+    siblings = task_curves(n_tasks=1, runs=4, seed=3)[1:]
+    assert not np.array_equal(trained.predict(curve, context=siblings).scores,
+                              plain.predict(curve).scores)

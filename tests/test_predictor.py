@@ -203,7 +203,9 @@ def test_save_load_round_trip_gives_identical_predictions(predictor, saved, curv
 
 
 def test_no_pickle_in_saved_model(saved):
-    for path in saved.iterdir():
+    files = [p for p in saved.rglob("*") if p.is_file()]
+    assert {p.parent.name for p in files} == {saved.name, "plain"}  # the context-free twin
+    for path in files:
         assert path.suffix in {".txt", ".json"}
         assert not path.read_bytes().startswith(b"\x80")  # pickle protocol header
 

@@ -64,7 +64,7 @@ def _apply_conformal(q: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 
 def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
-                       quantiles: Sequence[float]) -> dict[str, Any]:
+                       quantiles: Sequence[float], n_cells: int = N_CELLS) -> dict[str, Any]:
     """Width-normalised asymmetric CQR factors per calibration cell, quantile pair and side.
 
     For the pair (lo, hi) with nominal coverage ``c = q_hi - q_lo``, each side may miss
@@ -81,8 +81,8 @@ def _conformal_offsets(raw: np.ndarray, y: np.ndarray, cells: np.ndarray,
     raw = np.sort(raw, axis=1)
     widths = _pair_widths(raw)
     n_buckets = len(BUCKET_EDGES) + 1
-    factors = np.zeros((N_CELLS, n_q // 2, 2))
-    for b in range(N_CELLS):
+    factors = np.zeros((n_cells, n_q // 2, 2))
+    for b in range(n_cells):
         rows = cells == b
         if rows.sum() < 50:
             rows = cells % N_BASE_CELLS == b % N_BASE_CELLS

@@ -25,7 +25,7 @@ POINTER = "current"
 MANIFEST = "manifest.json"
 ENV_ROOT = "METASTOP_MODELS"
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "_model"
+PACKAGED_MODEL = (Path(__file__).resolve().parent.parent / "_model").resolve()
 """The default model shipped inside the package (the wheel's copy of ``models/default``)."""
 
 
@@ -67,14 +67,15 @@ def read_pointer(root: Path) -> dict[str, Any]:
 def champion_dir(root: str | os.PathLike | None = None) -> Path:
     """The folder of the current champion under ``root`` (default: ``default_root()``).
 
-    Without ``root`` and ``$METASTOP_MODELS``, a registry that holds neither a pointer nor
-    the ``default`` folder (an installed wheel has none) serves ``PACKAGED_MODEL``.
+    When the registry is the project's ``models/`` folder (no ``$METASTOP_MODELS``) and it
+    holds neither a pointer nor the champion's folder (an installed wheel has no such
+    folder), the model packaged with metastop serves (``PACKAGED_MODEL``).
 
     Raises:
         ModelError: the champion has no manifest (naming the pointer and what to do).
     """
-    fallback_allowed = root is None and not os.environ.get(ENV_ROOT)
     root = Path(root) if root is not None else default_root()
+    fallback_allowed = not os.environ.get(ENV_ROOT) and root.absolute() == MODELS_DIR.absolute()
     name = read_pointer(root)["champion"]
     path = root / name
     if (path / MANIFEST).is_file():

@@ -47,6 +47,7 @@ MAX_DEPTH = 24
 """No manifest nests deeper than this; deeper JSON is refused before anything reads it."""
 MAX_FILE_BYTES = 1 << 30
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_TOO_DEEP = object()
 
 log = logging.getLogger(__name__)
 
@@ -196,24 +197,25 @@ def _load_json(directory: Path) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"file {path}: not a valid JSON manifest (truncated or edited?): "
                          f"{error}") from None
-    except RecursionError:
-        value = [[]] * (MAX_DEPTH + 2)  # nested too deep for the parser: refused below
-    _check_depth(value, path)
+    except RecursionError:  # nested too deep for the parser itself
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or not _depth_ok(value):
+        raise ModelError(f"file {path}: nested deeper than {MAX_DEPTH} levels; a manifest is "
+                         f"never that deep (edited or corrupted?)")
     return value
 
 
-def _check_depth(value: Any, path: Path) -> None:
-    """``ModelError`` if JSON nests deeper than ``MAX_DEPTH`` (checked without recursion)."""
-    stack = [(value, 1)]
+def _depth_ok(value: Any) -> bool:
+    """Whether JSON nests at most ``MAX_DEPTH`` levels (checked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ModelError(f"file {path}: nested deeper than {MAX_DEPTH} levels; a manifest "
-                             f"is never that deep (edited or corrupted?)")
-        children = item.values() if isinstance(item, dict) else \
-            item if isinstance(item, list) else ()
+            return False
+        children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children
                      if isinstance(child, (dict, list)))
+    return True
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -35,10 +35,10 @@ from ..curves.splits import RULE as HOLDOUT_RULE
 from ..curves.splits import holdout_group, is_held_out
 from ..errors import ModelError, NotFittedError, ParameterError
 from .calibration import _calibration_metrics, _conformal_offsets, calibrated
-from .champion import MANIFEST, champion_dir
+from .champion import MANIFEST
 from .context import CONTEXT_NAMES, SiblingPool, as_context, context_matrix
 from .features import FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix
-from .kinds import _cell, _is_perplexity
+from .kinds import N_BASE_CELLS, N_CELLS, _cell, _is_perplexity
 from .manifest import (FORMAT, FORMAT_VERSION, model_files, read_booster,
                        read_predictor_manifest, write_model_dir)
 from .prediction import Prediction
@@ -48,6 +48,8 @@ from .rows import _calibration_groups, _checked_weights, _training_rows
 logger = logging.getLogger(__name__)
 
 N_DEFAULT_HORIZONS = 8
+PLAIN_DIR = "plain"
+"""The folder, inside a model with task memory, of its context-free twin."""
 TARGETS = ("value", "best")
 
 
@@ -192,12 +194,23 @@ class Predictor:
         raw = self._raw_predict(rows.X[~fit_part])
         cells = _cell(rows.fraction[~fit_part], rows.best[~fit_part], rows.horizon[~fit_part],
                       rows.perplexity[~fit_part], rows.n_context[~fit_part])
-        self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles)
+        self.calibration_ = _conformal_offsets(raw, rows.y[~fit_part], cells, self.quantiles,
+                                               N_CELLS if self.context else N_BASE_CELLS)
         self.prior_ = _prior(usable, self.quantiles, target=self.target)
         self.metrics_ = _calibration_metrics(self.calibration_, self.quantiles, raw, rows,
                                              ~fit_part)
         self.training_ = _training_summary(curves, groups, calibration, fit_part, sources)
+        self.plain_ = self._fit_plain(curves, sample_weight, sources, trainer)
         return self
+
+    def _fit_plain(self, curves: CurveSet, sample_weight: Any, sources: Any,
+                   trainer: BoosterTrainer | None) -> Predictor | None:
+        """With task memory, a twin without it predicts curves that come without siblings:
+        they get exactly what a context-free model of the same recipe would say."""
+        if not self.context:
+            return None
+        twin = Predictor(**{**self.get_params(), "context": False})
+        return twin.fit(curves, sample_weight=sample_weight, sources=sources, trainer=trainer)
 
     def booster_params(self, quantile: float) -> dict[str, Any]:
         """LightGBM parameters of the booster for one quantile level (any trainer uses these)."""
@@ -266,11 +279,13 @@ class Predictor:
         modelled = [i for i, c in enumerate(curves) if len(c) >= 2]
         for i in set(range(len(curves))) - set(modelled):
             out[i] = self._prior_prediction(curves[i], grid[i])
-        if modelled:
-            for i, prediction in zip(modelled, self._model_predictions(
-                    [curves[i] for i in modelled], [grid[i] for i in modelled],
-                    [ctx[i] for i in modelled])):
-                out[i] = prediction
+        plain = getattr(self, "plain_", None)
+        alone = [i for i in modelled if plain is not None and (ctx[i] is None or not len(ctx[i]))]
+        for model, rows in ((plain, alone), (self, sorted(set(modelled) - set(alone)))):
+            if rows:
+                for i, prediction in zip(rows, model._model_predictions(
+                        [curves[i] for i in rows], [grid[i] for i in rows], [ctx[i] for i in rows])):
+                    out[i] = prediction
         return out  # type: ignore[return-value]
 
     def _horizon_grid(self, curves: Sequence[Curve], horizons: Sequence[Any] | None,
@@ -348,6 +363,9 @@ class Predictor:
         """Write the models (LightGBM text) and ``manifest.json`` into ``directory``."""
         manifest = self.manifest()
         directory = Path(directory)
+        if getattr(self, "plain_", None) is not None:  # saved first: the manifest names it
+            self.plain_.save(directory / PLAIN_DIR)
+            manifest["plain_model"] = PLAIN_DIR
         write_model_dir(directory, manifest,
                         ((q, booster.model_to_string().encode("utf-8"))
                          for q, booster in zip(self.quantiles, self.boosters_)))
@@ -377,6 +395,7 @@ class Predictor:
         predictor.prior_ = manifest["prior"]
         predictor.training_ = manifest.get("training", {})
         predictor.metrics_ = manifest.get("metrics", {})
+        predictor.plain_ = _plain_from(manifest, directory)
         return predictor
 
 
@@ -409,6 +428,21 @@ def _checked_horizons(horizons: Any, curve: Curve) -> np.ndarray:
         raise ParameterError(f"horizons of curve {curve.curve_id!r} must strictly increase, "
                              f"got {h.tolist()!r}")
     return h
+
+
+def _plain_from(manifest: dict[str, Any], directory: Path) -> Predictor | None:
+    """The context-free twin a model with task memory names (``plain_model``), verified."""
+    name = manifest.get("plain_model")
+    if name is None:
+        return None
+    if name != PLAIN_DIR:
+        raise ModelError(f"file {directory / MANIFEST}: plain_model must be {PLAIN_DIR!r} (a "
+                         f"folder inside the model), got {name!r}")
+    twin = Predictor.load(directory / PLAIN_DIR)
+    if twin.context:
+        raise ModelError(f"file {directory / PLAIN_DIR / MANIFEST}: the plain model must not "
+                         f"read context features")
+    return twin
 
 
 def _params_from(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
