@@ -74,6 +74,15 @@ def make_trainer(tmp_path: Path, callback, curve: dict[int, float] | None = None
     return trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and do not fight other processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def metastop_logs(trainer) -> list[dict]:
     return [entry for entry in trainer.state.log_history if "metastop/stop" in entry]
 
@@ -133,7 +142,8 @@ def test_without_a_token_count_the_batch_shape_is_used_and_the_budget_comes_from
 
 def test_the_budget_comes_from_max_steps_and_the_counted_tokens(tmp_path, caplog):
     callback = MetaStopCallback(policy=Patience(100))
-    make_trainer(tmp_path, callback, PLATEAU, max_steps=6).train()
+    # the evaluation before the first step has no tokens per step yet: no decision, no crash
+    make_trainer(tmp_path, callback, {0: 0.0, **PLATEAU}, max_steps=6, eval_on_start=True).train()
     assert callback.controller.budget == 6 * TOKENS_PER_STEP
     assert [d.tokens for d in callback.controller.decisions] == [32.0, 64.0, 96.0]
     assert "counts no tokens" not in caplog.text

@@ -106,6 +106,15 @@ class Tokens(pl.LightningModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.val_ids), batch_size=8)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and do not fight other processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fit(callback, *, max_epochs: int = 8, ckpt_path=None, root=None, curve=PLATEAU, module=None,
         callbacks=(), logger=False) -> pl.Trainer:
     trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[*callbacks, callback], accelerator="cpu",

@@ -20,22 +20,26 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from ..curves import MAXIMIZE, MINIMIZE, is_bounded_metric
 from ..errors import ParameterError
-from ..ingest import metric_direction
 
 logger = logging.getLogger(__name__)
 
 MODES = {"auto": None, "max": MAXIMIZE, "min": MINIMIZE}
 SCALES = {"auto": None, "0-1": 1.0, "0-100": 100.0}
+# The words of a loss-like name, as ``metastop.ingest.metric_direction`` reads them (not
+# imported from there: importing the ingest stage loads pandas and every reader).
+_MINIMIZED = frozenset({"loss", "perplexity", "ppl", "error", "wer", "cer", "mse", "mae", "rmse"})
 
 
 def name_direction(name: str) -> str | None:
     """``minimize`` for a loss-like name (loss, perplexity, error rates), ``maximize`` for a
     bounded score (exact match, accuracy, F1), else ``None`` (the name does not say)."""
-    if metric_direction(name) == MINIMIZE:
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    if words & _MINIMIZED or "loss" in name.lower():
         return MINIMIZE
     return MAXIMIZE if is_bounded_metric(name) else None
 

@@ -76,6 +76,7 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         self._estimate: tuple[float, str] | None = None
         self._stopped_at: int | None = None
         self._warned_tokens = False
+        self._training = False
 
     @property
     def controller(self) -> Any:
@@ -101,6 +102,7 @@ class MetaStopCallback(TrainerCallback, ExportableState):
                 "controller, so set it to False (got True)")
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
         name = self.metric or _eval_key(args.metric_for_best_model or DEFAULT_METRIC)
         if name != self.monitor.name:
             self.monitor = Monitored(name, mode=self.monitor.mode, scale=self.monitor.scale)
@@ -120,15 +122,22 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self._training:  # trainer.evaluate() outside train(): nothing to decide
+            return
         metrics = metrics or {}
         key = next((k for k in (self.monitor.name, _eval_key(self.monitor.name)) if k in metrics), None)
         if key is None:
             warnings.warn(missing_metric(self.monitor.name, metrics), RuntimeWarning, stacklevel=2)
             return
+        tokens = self._tokens(args, state)
+        budget = self._budget(state, tokens)
+        if self._slot.needs_budget and budget is None:  # eval_on_start: no tokens per step yet
+            logger.info("metastop: no decision at step %d: the budget needs a step's tokens",
+                        state.global_step)
+            return
         raw = as_float(metrics[key])
         value, earlier_on_100 = self.monitor.read(raw)
-        tokens = self._tokens(args, state)
-        controller = self._slot.get(self.monitor.direction, self._budget(state, tokens))
+        controller = self._slot.get(self.monitor.direction, budget)
         if earlier_on_100:
             rescale(controller, 100.0)
         decision = controller.observe(tokens, value)
@@ -136,12 +145,14 @@ class MetaStopCallback(TrainerCallback, ExportableState):
             self.monitor.note(raw, state.global_step)
         self._report(args, state, decision)
         if decision.stop:
+            control.should_training_stop = True
+        if decision.early_stop:
             announce_stop(decision, step=state.global_step, fraction=tokens / controller.budget,
                           name=key, best=self.monitor.best, best_step=self.monitor.best_step)
             self._stopped_at = state.global_step
-            control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
         if self._stopped_at in (None, self.monitor.best_step) or self.monitor.best_step is None:
             return
         if args.load_best_model_at_end and state.best_model_checkpoint:
@@ -159,7 +170,7 @@ class MetaStopCallback(TrainerCallback, ExportableState):
     # --- helpers ------------------------------------------------------------------------
     def _tokens(self, args, state) -> float:
         seen = getattr(state, "num_input_tokens_seen", 0) or 0
-        if seen > 0:
+        if seen > 0 or state.global_step <= 0:
             return float(seen)
         per_step = self.tokens_per_step or (self._estimate[0] if self._estimate else 1.0)
         if self.tokens_per_step is None and not self._warned_tokens:
@@ -206,16 +217,22 @@ def _trainer_direction(args, name: str) -> tuple[str | None, str]:
 
 
 def _advise_best_checkpoint(args, name: str, direction: str) -> None:
-    """Warn, with the settings to use, when the Trainer will not restore the best checkpoint."""
+    """Warn, with the settings to use, when the Trainer will not restore the best checkpoint
+    (or, with ``eval_strategy="no"``, when there is nothing to decide on)."""
+    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    if strategy == "no":
+        logger.warning("metastop: eval_strategy='no': the Trainer never evaluates, so metastop "
+                       "never decides; set TrainingArguments(eval_strategy='steps', eval_steps=...)")
+        return
     best = args.metric_for_best_model
     if args.load_best_model_at_end and best is not None and _eval_key(best) == _eval_key(name):
         return
-    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    steps = f", save_steps={args.eval_steps}" if strategy == "steps" else ""
     logger.warning(
         "metastop: a stop leaves the weights of the last step, not those of the best "
         "evaluation; to restore the best, set TrainingArguments(load_best_model_at_end=True, "
-        "metric_for_best_model=%r, greater_is_better=%s, save_strategy=%r, save_steps=%s)",
-        name, direction == MAXIMIZE, strategy, args.eval_steps)
+        "metric_for_best_model=%r, greater_is_better=%s, save_strategy=%r%s)",
+        name, direction == MAXIMIZE, strategy, steps)
 
 
 def _estimate_tokens_per_step(args, dataloader: Any, model: Any) -> tuple[float, str] | None:

@@ -127,10 +127,11 @@ class MetaStopCallback(_pl.Callback):
             self.metric.note(raw, trainer.global_step)
         self._report(trainer, decision)
         if decision.stop:
+            trainer.should_stop = True
+        if decision.early_stop:
             announce_stop(decision, step=trainer.global_step, fraction=tokens / controller.budget,
                           name=self.monitor, best=self.metric.best, best_step=self.metric.best_step)
             self._stopped_at = trainer.global_step
-            trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._stopped_at is None:
@@ -138,9 +139,9 @@ class MetaStopCallback(_pl.Callback):
         kept = next((cb for cb in trainer.checkpoint_callbacks
                      if isinstance(cb, ModelCheckpoint) and cb.monitor == self.monitor), None)
         if kept is not None and kept.best_model_path:
-            logger.warning("metastop: the best checkpoint is %s (%s %s); restore it with "
+            logger.warning("metastop: the best checkpoint is %s (%s %g); restore it with "
                            "ckpt_path='best' or %s.load_from_checkpoint(...)", kept.best_model_path,
-                           self.monitor, _number(kept.best_model_score), type(pl_module).__name__)
+                           self.monitor, as_float(kept.best_model_score), type(pl_module).__name__)
         elif self.metric.best_step not in (None, self._stopped_at):
             logger.warning("metastop: the model holds the weights of step %d, not those of the best "
                            "validation (%s %g at step %d); no ModelCheckpoint kept them",
@@ -211,7 +212,3 @@ def _is_integer(dtype: Any) -> bool:
     return (dtype is not None and not getattr(dtype, "is_floating_point", True)
             and not getattr(dtype, "is_complex", True) and str(dtype) != "torch.bool")
 
-
-def _number(value: Any) -> str:
-    number = as_float(value)
-    return f"{number:g}"
