@@ -171,3 +171,10 @@ def test_without_siblings_it_is_exactly_the_context_free_model(trained):
     siblings = task_curves(n_tasks=1, runs=4, seed=3)[1:]
     assert not np.array_equal(trained.predict(curve, context=siblings).scores,
                               plain.predict(curve).scores)
+
+
+def test_a_crowded_task_is_sampled_down_the_same_way_every_time():
+    curve = Curve("c", [1, 2], [0.1, 0.2], budget=4, run_id="me")
+    crowd = [Curve(f"s{i}", [1, 2, 4], [0.1, 0.2, 0.3 + i / 1e4], run_id=f"r{i}") for i in range(200)]
+    first, again = Context.of(curve, crowd), Context.of(curve, crowd)
+    assert len(first) == 64 and first.runs == again.runs

@@ -317,3 +317,24 @@ def test_cost_aware_with_a_huge_price_lets_a_rising_run_finish(tmp_path, shipped
     assert trainer.state.global_step == 20
     reasons = [d.reason.value for d in callback.controller.decisions]
     assert reasons == ["warmup"] + ["continue_worth_it"] * 8 + ["budget_reached"]
+
+
+def test_several_metrics_decide_the_run_as_one(tmp_path, shipped_predictor):
+    """A run scored on two tasks (one on 0-100, as `evaluate` gives SQuAD's EM): the
+    controller sees both, on 0-1, and decides the run by its weighted score."""
+    from metastop.stop import CostAware, MultiTask, Price
+
+    policy = MultiTask(CostAware(shipped_predictor, price=Price.fraction_of_budget(1e6)))
+    callback = MetaStopCallback(policy=policy, budget=20 * TOKENS_PER_STEP,
+                                metrics=["gsm8k_em", "squad_em"])
+    trainer = make_trainer(tmp_path, callback)
+    holder = {"trainer": trainer}
+    trainer.compute_metrics = lambda _p: {"gsm8k_em": 0.01 * holder["trainer"].state.global_step,
+                                          "squad_em": 30.0 + holder["trainer"].state.global_step}
+    trainer.train()
+    tasks = callback.controller.state_dict()["tasks"]
+    assert sorted(tasks) == ["gsm8k_em", "squad_em"] and len(tasks["gsm8k_em"][1]) == 10
+    assert max(tasks["squad_em"][1]) <= 1.0  # an EM above 1 is read as 0-100
+    assert not any(d.early_stop for d in callback.controller.decisions)  # dear: to the budget
+    with pytest.raises(ParameterError, match="at least one metric"):
+        MetaStopCallback(budget=10, metrics=[])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from .._checks import positive
+from ..curves import is_bounded_metric
 from ..errors import ParameterError
 from ..stop.controller import Reporting, StopController
 
@@ -126,3 +127,15 @@ def as_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError, RuntimeError):
         return float("nan")
+
+
+def task_values(metrics: Mapping[str, Any], names: Sequence[str], *, prefix: str = "") -> dict[str, float]:
+    """The named metrics present in ``metrics`` (also under ``prefix + name``) as
+    ``{name: value}``; a bounded score (EM, accuracy, F1) above 1 is read as 0-100."""
+    values = {}
+    for name in names:
+        key = next((k for k in (name, prefix + name) if k in metrics), None)
+        if key is not None:
+            value = as_float(metrics[key])
+            values[name] = value / 100.0 if value > 1.0 and is_bounded_metric(name) else value
+    return values

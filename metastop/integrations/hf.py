@@ -22,14 +22,15 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .._checks import positive
 from ..curves import MAXIMIZE, MINIMIZE
 from ..errors import ParameterError
 from ..stop.controller import Reporting
 from ..stop.decision import Reason
-from ._common import LazyController, as_float, check_direction, missing_metric, require, rescale
+from ._common import (LazyController, as_float, check_direction, missing_metric, require,
+                      rescale, task_values)
 from ._metric import MODES, Monitored
 from ._report import announce_stop, decision_metrics, decision_text, log_to_mlflow
 
@@ -60,16 +61,23 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         mode: ``"auto"`` (the Trainer's ``greater_is_better``, else the name), ``"max"``, ``"min"``.
         scale: ``"auto"`` (a bounded score above 1 is on 0-100), ``"0-1"`` or ``"0-100"``.
         tokens_per_step: tokens per optimizer step, used when the Trainer counts no tokens.
+        metrics: several metric keys at once (a multi-task run): each evaluation's values go
+            to the controller as ``{key: value}`` (bounded scores above 1 read as 0-100) and
+            the run is decided by its price-weighted score (``metastop.stop.multitask``).
     """
 
     def __init__(self, controller: Any = None, *, policy: Any = None, budget: float | None = None,
                  reporting: Reporting | None = None, metric: str | None = None,
-                 mode: str = "auto", scale: str = "auto", tokens_per_step: float | None = None):
+                 mode: str = "auto", scale: str = "auto", tokens_per_step: float | None = None,
+                 metrics: Sequence[str] | None = None):
         self._slot = LazyController(controller, policy, budget, reporting, curve_id="hf")
         self.monitor = Monitored(metric or DEFAULT_METRIC, mode=mode, scale=scale)
         if controller is not None and MODES[mode] is not None:
             check_direction(controller, MODES[mode], f"mode={mode!r}")
         self.metric, self.tokens_per_step = metric, tokens_per_step
+        self.metrics = tuple(metrics) if metrics is not None else None
+        if self.metrics is not None and not self.metrics:
+            raise ParameterError("metrics must name at least one metric, got metrics=[]")
         if tokens_per_step is not None:
             self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
         self._trainer: Any = None
@@ -125,6 +133,8 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         if not self._training:  # trainer.evaluate() outside train(): nothing to decide
             return
         metrics = metrics or {}
+        if self.metrics is not None:
+            return self._observe_tasks(args, state, control, metrics)
         key = next((k for k in (self.monitor.name, _eval_key(self.monitor.name)) if k in metrics), None)
         if key is None:
             warnings.warn(missing_metric(self.monitor.name, metrics), RuntimeWarning, stacklevel=2)
@@ -149,6 +159,25 @@ class MetaStopCallback(TrainerCallback, ExportableState):
         if decision.early_stop:
             announce_stop(decision, step=state.global_step, fraction=tokens / controller.budget,
                           name=key, best=self.monitor.best, best_step=self.monitor.best_step)
+            self._stopped_at = state.global_step
+
+    def _observe_tasks(self, args, state, control, metrics: Mapping[str, Any]) -> None:
+        """A multi-task evaluation: every named metric at once, one decision for the run."""
+        values = task_values(metrics, self.metrics, prefix="eval_")
+        if not values:
+            warnings.warn(missing_metric(self.metrics[0], metrics), RuntimeWarning, stacklevel=3)
+            return
+        tokens = self._tokens(args, state)
+        budget = self._budget(state, tokens)
+        if self._slot.needs_budget and budget is None:
+            return
+        decision = self._slot.get(MAXIMIZE, budget).observe(tokens, values)
+        self._report(args, state, decision)
+        if decision.stop:
+            control.should_training_stop = True
+        if decision.early_stop:
+            logger.warning("metastop: stopping the run at step %d: %s", state.global_step,
+                           decision.message)
             self._stopped_at = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ class Context:
         kept = [s for s in siblings if _usable(curve, s)]
         if not kept:
             return cls.empty()
+        if len(kept) > MAX_SIBLINGS:  # a seeded sample: the same curve gets the same siblings
+            seed = int(hashlib.sha256(curve.curve_id.encode()).hexdigest()[:8], 16)
+            chosen = np.random.default_rng(seed).choice(len(kept), MAX_SIBLINGS, replace=False)
+            kept = [kept[i] for i in np.sort(chosen)]
         return cls(np.stack([resample(s) for s in kept]),
                    np.array([float(s.scores[-1]) for s in kept]),
                    np.array([float(s.budget) for s in kept]),
