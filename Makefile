@@ -21,8 +21,13 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@ $(STAMP_RUN)
 
+# The product's story on language-model curves: held-out Pythia lambada_openai accuracy, read
+# in place from ../shared/data (shared_corpus), each curve with the file's other runs as task
+# memory; the summary line compares with patience-5 on the same curves.
 run: $(STAMP_RUN)
-	$(BIN)/metastop analyze data/sample_curves.parquet --png reports/analyze.png
+	$(BIN)/metastop analyze "$$($(BIN)/python -c 'from metastop.curves.paths import shared_corpus; print(shared_corpus("pythia_evals.parquet"))')" \
+		--task lambada_openai --metric acc --held-out --limit 8 \
+		--context leave-one-run-out --png reports/analyze.png
 
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest
@@ -35,3 +40,13 @@ bench: $(STAMP_DEV)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Fuzzing: the fuzz tests of `make test` with many more examples (derandomized, so a run repeats);
+# the cases tried per target go to reports/fuzz.json.
+FUZZ_EXAMPLES ?= 1000
+.PHONY: fuzz
+fuzz: $(STAMP_DEV)
+	rm -f reports/fuzz.json
+	METASTOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) METASTOP_FUZZ_REPORT=reports/fuzz.json \
+		$(BIN)/python -m pytest tests/test_fuzz_readers.py tests/test_fuzz_models.py \
+		tests/test_fuzz_registry.py -q -p no:cacheprovider -W ignore::hypothesis.errors.HypothesisWarning

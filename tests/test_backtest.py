@@ -4,6 +4,7 @@ Covers ``metastop.evaluate``: outcomes, frontiers, ab, quality, contract and sui
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -470,3 +471,214 @@ def test_make_policy_builds_a_confirmed_metastop():
     assert isinstance(policy, Confirmed) and policy.n == 3 and isinstance(policy.policy, CostAware)
     with pytest.raises(ParameterError, match="N must be a whole number"):
         make_policy("metastop-confirmed-x", LastValuePredictor())
+
+
+# --- task memory: contexts through replay, backtest, the suite and the quality report ---------
+class ContextRecorder:
+    """Never stops; records, per curve id, the context it was decided with (``with_context``
+    returns a twin sharing the record), and counts batched calls."""
+
+    def __init__(self, context=None, seen=None, batches=None):
+        self.name, self.params = "context-recorder", {}
+        self.context = context
+        self.seen = {} if seen is None else seen
+        self.batches = [] if batches is None else batches
+
+    def with_context(self, context):
+        return ContextRecorder(context, self.seen, self.batches)
+
+    def decide(self, curve):
+        self.seen.setdefault(curve.curve_id, []).append(self.context)
+        return _decision(curve, False)
+
+    def decide_many(self, curves):
+        self.batches.append(self.context)
+        return [self.decide(c) for c in curves]
+
+
+class ContextShiftPredictor(LastValuePredictor):
+    """Predicts the last score minus 0.1 per sibling; records every batch it is asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, curve, horizons=None, context=None):
+        return self.predict_many([curve], None if horizons is None else [horizons],
+                                 contexts=None if context is None else [context])[0]
+
+    def predict_many(self, curves, horizons=None, *, contexts=None):
+        contexts = [None] * len(curves) if contexts is None else list(contexts)
+        self.calls.append(len(curves))
+        out = []
+        for i, (curve, context) in enumerate(zip(curves, contexts)):
+            p = LastValuePredictor.predict(self, curve, None if horizons is None else horizons[i])
+            shift = -0.1 * (0 if context is None else len(context))
+            out.append(Prediction(p.curve_id, p.tokens_now, p.horizons, p.quantiles, p.scores + shift))
+        return out
+
+
+def _runs(task: str, n: int, *, metric: str = "acc", budget: float | None = None) -> list[Curve]:
+    rng = np.random.default_rng(len(task) + n)
+    return [Curve(f"{task}/r{i}/{metric}", tokens=np.arange(1, 11) * 10.0,
+                  values=np.clip(np.linspace(0.1, 0.6, 10) + rng.normal(0, 0.02, 10), 0, 1),
+                  task=task, metric=metric, run_id=f"{task}/r{i}", budget=budget)
+            for i in range(n)]
+
+
+def test_replay_decides_each_curve_with_its_own_context():
+    policy = ContextRecorder()
+    a, b = ["sibling"], ["other"]
+    replay(CURVES, policy, contexts=[a, None, b, a])
+    assert all(x is a for x in policy.seen["c"]) and len(policy.seen["c"]) == len(CURVES[0]) - 1
+    assert policy.seen["flat"] == [None] * (len(CURVES[1]) - 1)
+    assert all(x is b for x in policy.seen["late"])
+    assert "one" not in policy.seen                    # a single point: never asked
+    # one batch per step and distinct context (the curves sharing one are asked together)
+    assert sum(x is a for x in policy.batches) == len(CURVES[0]) - 1
+    with pytest.raises(ParameterError, match="one entry per curve"):
+        replay(CURVES, policy, contexts=[a])
+
+
+def test_backtest_with_contexts_is_the_suite_with_contexts_and_stays_batched():
+    from metastop.stop.policies import CostAware
+
+    curves = _runs("t", 6)
+    contexts = [None, [1], [1, 2], [1, 2, 3], None, [1]]
+    alone = backtest(curves, CostAware(ContextShiftPredictor()), contexts=contexts)
+    predictor = ContextShiftPredictor()
+    suite = run_suite(curves, predictor, policies=("metastop",), sweeps=False, predict=False,
+                      contexts=contexts)
+    assert [o.stop_index for o in suite.report("metastop").outcomes] == \
+           [o.stop_index for o in alone.outcomes]
+    stops = [o.stopped for o in alone.outcomes]   # a context lowers the forecast: stop
+    assert stops == [x is not None for x in contexts]
+    # one predict_many call per replay step, however many contexts there are
+    assert len(predictor.calls) <= len(curves[0]) - 1
+    data = suite.to_json()
+    assert data["context"] == "leave-one-run-out" and data["n_curves_with_context"] == 4
+    assert contract_problems(data) == []
+    assert run_suite(curves, None, policies=("patience-3",), sweeps=False).to_json()["context"] == "none"
+
+
+def test_prediction_report_predicts_with_the_contexts():
+    c = Curve("c", tokens=[10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+              values=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.65])
+    plain_report = prediction_report([c], ContextShiftPredictor())
+    with_context = prediction_report([c], ContextShiftPredictor(), contexts=[[1, 2]])
+    assert plain_report.mae_at == pytest.approx({0.1: 0.65, 0.25: 0.55, 0.5: 0.25})
+    assert with_context.mae_at == pytest.approx({0.1: 0.85, 0.25: 0.75, 0.5: 0.45})
+    with pytest.raises(ParameterError, match="one entry per curve"):
+        prediction_report([c], ContextShiftPredictor(), contexts=[])
+
+
+def test_caching_predictor_tells_contexts_apart():
+    from metastop.evaluate.suite import CachingPredictor
+
+    inner = ContextShiftPredictor()
+    cached = CachingPredictor(inner)
+    h = np.array([50.0])
+    a, b = [1], [1, 2]
+    first = cached.predict(CURVE.prefix(2), h, context=a)
+    assert cached.predict(CURVE.prefix(2), h, context=a) is first
+    assert cached.predict(CURVE.prefix(2), h, context=b).median[-1] == pytest.approx(first.median[-1] - 0.1)
+    assert cached.predict(CURVE.prefix(2), h).median[-1] == pytest.approx(first.median[-1] + 0.1)
+    assert (cached.hits, cached.misses) == (1, 3)
+
+
+def test_leave_one_run_out_contexts_never_hold_the_curves_own_run():
+    from metastop.evaluate.contexts import leave_one_run_out_contexts
+
+    mine = _runs("t", 3)
+    same_run = dataclasses.replace(mine[1], curve_id="t/r0/other-eval", run_id="t/r0")
+    other_metric = _runs("t", 2, metric="loss")
+    unfinished = _runs("t", 1, budget=1000.0)[0]
+    unfinished = dataclasses.replace(unfinished, curve_id="t/r9/acc", run_id="t/r9")
+    other_task = _runs("u", 2)
+    curves = [*mine, same_run, *other_metric, unfinished, *other_task]
+    contexts = leave_one_run_out_contexts(curves)
+    runs = {c.curve_id: (None if x is None else sorted(x.runs)) for c, x in zip(curves, contexts)}
+    assert runs["t/r0/acc"] == ["t/r1", "t/r2"]            # not its own run's other curve
+    assert runs["t/r0/other-eval"] == ["t/r1", "t/r2"]
+    assert runs["t/r1/acc"] == ["t/r0", "t/r0", "t/r2"]    # both curves of run r0
+    assert runs["t/r0/loss"] == ["t/r1"]                   # the same metric only
+    assert runs["t/r9/acc"] == ["t/r0", "t/r0", "t/r1", "t/r2"]  # unfinished: has, is no context
+    assert runs["u/r0/acc"] == ["u/r1"]
+    # each task with one run: no curve has a context
+    one_run = [dataclasses.replace(c, run_id=c.task) for c in curves]
+    assert leave_one_run_out_contexts(one_run) == [None] * len(one_run)
+
+
+def test_leave_one_run_out_contexts_keep_a_seeded_sample_of_siblings():
+    from metastop.evaluate.contexts import leave_one_run_out_contexts
+
+    curves = _runs("t", 12)
+    first = leave_one_run_out_contexts(curves, max_siblings=5)
+    again = leave_one_run_out_contexts(list(reversed(curves)), max_siblings=5)[::-1]
+    assert all(len(x) == 5 for x in first)
+    assert [x.runs for x in first] == [x.runs for x in again]
+    assert all(c.run_id not in x.runs for c, x in zip(curves, first))
+    with pytest.raises(ParameterError, match="max_siblings"):
+        leave_one_run_out_contexts(curves, max_siblings=0)
+
+
+def test_history_contexts_are_the_pools(tmp_path):
+    from metastop.curves.history import HistoryStore
+    from metastop.evaluate.contexts import leave_one_run_out_contexts
+
+    curves = [*_runs("t", 4), *_runs("u", 2), *_runs("t", 2, metric="loss")]
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    with HistoryStore(url) as store:
+        store.add(curves)
+    from_store = leave_one_run_out_contexts(curves[:3], history=url)
+    from_pool = leave_one_run_out_contexts(curves[:3], pool=curves)
+    assert [sorted(x.runs) for x in from_store] == [sorted(x.runs) for x in from_pool]
+    assert all(np.allclose(np.sort(a.finals), np.sort(b.finals)) for a, b in zip(from_store, from_pool))
+    with pytest.raises(ParameterError, match="pool or history"):
+        leave_one_run_out_contexts(curves, pool=curves, history=url)
+
+
+def test_sibling_predictor_is_the_sibling_median_rule():
+    from metastop.evaluate.contexts import SiblingPredictor
+    from metastop.predict.context import Context, sibling_median_forecast
+
+    curves = _runs("t", 5)
+    prefix = curves[0].prefix(3)
+    context = Context.of(curves[0], curves[1:])
+    p = SiblingPredictor().predict(prefix, [curves[0].budget], context)
+    assert curves[0].to_metric(p.final_median) == pytest.approx(sibling_median_forecast(prefix, context))
+    assert p.low[-1] <= p.final_median <= p.high[-1]
+    flat = SiblingPredictor().predict(prefix, [50.0, 100.0])
+    assert np.all(flat.scores == prefix.scores[-1])
+
+
+def test_savings_at_loss_reads_the_hull():
+    from metastop.evaluate.suite import savings_at_loss
+
+    f = Frontier("x", (FrontierPoint({}, 0.0, 0.0, 0.0, 9), FrontierPoint({}, 0.5, 0.01, 0.1, 9),
+                       FrontierPoint({}, 0.8, 0.05, 0.1, 9)))
+    assert savings_at_loss(f, 0.005) == pytest.approx(0.25)
+    assert savings_at_loss(f, 0.03) == pytest.approx(0.65)
+    assert savings_at_loss(f, 1.0) == pytest.approx(0.8)
+    assert savings_at_loss(Frontier("y", (FrontierPoint({}, 0.3, 0.02, 0.1, 9),)), 0.01) == 0.0
+
+
+def test_context_key_is_optional_in_the_contract():
+    data = report_json(n_curves=0, prediction=None, policies=[], frontiers={})
+    assert data["context"] == "none" and contract_problems(data) == []
+    old = {k: v for k, v in data.items() if k != "context"}     # files written before it
+    assert contract_problems(old) == []
+    assert contract_problems({**data, "context": "all"}) == [
+        "context (one of ['none', 'leave-one-run-out'], got 'all')"]
+    with pytest.raises(ParameterError, match="context must be one of"):
+        report_json(n_curves=0, prediction=None, policies=[], frontiers={}, context="all")
+
+
+def test_contract_accepts_an_optional_by_run_section_and_checks_its_keys():
+    base = {"n_curves": 0, "prediction": {"mae_at": {"0.1": None, "0.25": None, "0.5": None},
+                                          "coverage_80": None}, "policies": [], "frontier": {}}
+    entry = {"name": "metastop", "params": {}, "n_runs": 2, "token_savings_mean": 0.2,
+             "weighted_loss_mean": 0.0, "weighted_loss_p95": 0.0, "task_loss_mean": 0.0}
+    assert contract_problems(base) == []
+    assert contract_problems({**base, "by_run": [entry]}) == []
+    assert contract_problems({**base, "by_run": [{"name": "x"}]})[0] == "by_run[0].params"
+    assert contract_problems({**base, "by_run": {}}) == ["by_run (a list, got dict)"]

@@ -6,6 +6,7 @@ tables, JSON that follows DESIGN.md's contract, PNGs, and errors that name the b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,166 @@ def test_junk_file_fails_and_names_the_file(args, junk, tmp_path):
 def test_missing_file_fails_and_names_it(tmp_path):
     result = run("analyze", tmp_path / "absent.parquet")
     assert result.exit_code != 0 and "absent.parquet" in result.output
+
+
+# --- task memory: --context and --history -----------------------------------------------------
+@pytest.fixture(scope="module")
+def one_run_per_task(few_curves, tmp_path_factory) -> Path:
+    """The six curves, each task's curves made one run: the only context any curve could get
+    would come from its own run."""
+    curves = read_curves(few_curves)
+    path = tmp_path_factory.mktemp("one_run") / "one_run.parquet"
+    CurveSet(dataclasses.replace(c, run_id=f"run-{c.task}") for c in curves).write(path)
+    return path
+
+
+def _store(tmp_path: Path, *files: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    result = run("history", "add", *files, "--history", url)
+    assert result.exit_code == 0, result.output
+    return url
+
+
+def _facts(data: dict) -> dict:
+    """What a backtest found, without timings and without how contexts were given."""
+    policies = [{k: v for k, v in p.items() if k != "wall_s"} for p in data["policies"]]
+    return {"prediction": data["prediction"], "policies": policies, "frontier": data["frontier"]}
+
+
+def _backtest(*args: Any) -> tuple[dict, Any]:
+    result = run("backtest", *args, "--no-sweep", "--json", "-")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result
+
+
+def _model_has_context() -> bool:
+    from metastop.predict.model import Predictor
+
+    return Predictor.load().context
+
+
+def test_backtest_never_uses_a_context_from_the_curves_own_run(one_run_per_task):
+    with_context, result = _backtest(one_run_per_task, "--context", "leave-one-run-out")
+    without, _ = _backtest(one_run_per_task)
+    assert with_context["context"] == "leave-one-run-out" and without["context"] == "none"
+    assert with_context["n_curves_with_context"] == 0
+    assert "context: 0 of 6 curves" in result.stderr
+    assert _facts(with_context) == _facts(without)
+    assert contract_problems(with_context) == []
+
+
+def test_backtest_leave_one_run_out_takes_the_other_runs_of_the_file(few_curves):
+    with_context, result = _backtest(few_curves, "--context", "leave-one-run-out")
+    without, _ = _backtest(few_curves, "--context", "none")
+    assert with_context["n_curves_with_context"] == 6 and with_context["context_source"] == "files"
+    assert contract_problems(with_context) == [] and "context: 6 of 6 curves" in result.stderr
+    if _model_has_context():
+        assert with_context["prediction"] != without["prediction"]
+
+
+def test_backtest_with_history_is_the_same_backtest_against_the_store(few_curves, tmp_path):
+    url = _store(tmp_path, few_curves)
+    from_store, result = _backtest(few_curves, "--history", url)   # leave-one-run-out by default
+    from_file, _ = _backtest(few_curves, "--context", "leave-one-run-out")
+    assert from_store["context"] == "leave-one-run-out" and from_store["context_source"] == url
+    assert _facts(from_store) == _facts(from_file)
+    refused = run("backtest", few_curves, "--history", url, "--context", "none")
+    assert refused.exit_code == 2 and "drop one of them" in refused.output
+
+
+def test_backtest_history_holding_only_the_curves_own_runs_gives_no_context(one_run_per_task,
+                                                                             tmp_path):
+    url = _store(tmp_path, one_run_per_task)
+    from_store, _ = _backtest(one_run_per_task, "--history", url, "--context", "leave-one-run-out")
+    without, _ = _backtest(one_run_per_task)
+    assert from_store["n_curves_with_context"] == 0
+    assert _facts(from_store) == _facts(without)
+
+
+def test_predict_and_analyze_take_their_context_from_history(few_curves, one_run_per_task,
+                                                             tmp_path):
+    url = _store(tmp_path, few_curves)
+    plain = run("predict", few_curves, "--at-fraction", "0.25", "--json", "-")
+    told = run("predict", few_curves, "--at-fraction", "0.25", "--json", "-", "--history", url)
+    assert told.exit_code == 0, told.output
+    assert "context: 6 of 6 curves" in told.stderr
+    if _model_has_context():
+        assert json.loads(told.stdout) != json.loads(plain.stdout)
+    analyzed = run("analyze", few_curves, "--json", "-", "--history", url)
+    assert analyzed.exit_code == 0, analyzed.output
+    assert len(json.loads(analyzed.stdout)["curves"]) == 6
+    own_runs = one_run_per_task.parent / "history-own.db"
+    url = f"sqlite:///{own_runs}"
+    assert run("history", "add", one_run_per_task, "--history", url).exit_code == 0
+    alone = run("predict", one_run_per_task, "--at-fraction", "0.25", "--json", "-")
+    own = run("predict", one_run_per_task, "--at-fraction", "0.25", "--json", "-", "--history", url)
+    assert json.loads(own.stdout) == json.loads(alone.stdout)
+    assert "context: 0 of 6 curves" in own.stderr
+
+
+# --- analyze/predict filters and summaries, --by-run, help texts ------------------------------
+def _multi_task_runs(path: Path, n_runs: int = 3) -> Path:
+    """``n_runs`` runs of three tasks each (accuracy rising, then flat), as a Parquet file."""
+    import numpy as np
+
+    from metastop.curves import Curve
+
+    curves = []
+    for r in range(n_runs):
+        for k, task in enumerate(("lambada", "arc", "piqa")):
+            tokens = np.arange(1, 16) * 1e9
+            values = np.clip(0.2 + 0.1 * k + 0.3 * (1 - np.exp(-tokens / 3e9))
+                             + 0.005 * np.sin(tokens / 1e9 + r), 0, 1)
+            curves.append(Curve(f"run{r}/{task}/acc", tokens=tokens, values=values, task=task,
+                                metric="acc", run_id=f"run{r}"))
+    CurveSet(curves).write(path)
+    return path
+
+
+def test_backtest_by_run_writes_a_by_run_section(tmp_path):
+    path, out = _multi_task_runs(tmp_path / "runs.parquet"), tmp_path / "bt.json"
+    result = run("backtest", path, "--by-run", "--no-sweep", "--policy", "patience-5", "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert contract_problems(data) == [] and data["n_curves"] == 9
+    names = [r["name"] for r in data["by_run"]]
+    assert names == ["metastop", "patience-5 (mean curve)", "cost-aware (mean curve)"]
+    for entry in data["by_run"]:
+        assert entry["n_runs"] == 3 and 0 <= entry["token_savings_mean"] <= 1
+        assert 0 <= entry["weighted_loss_mean"] <= entry["weighted_loss_p95"] + 1e-12
+    assert "by run" in result.output
+
+
+def test_backtest_by_run_without_multi_task_runs_is_a_clean_error(few_curves):
+    result = run("backtest", few_curves, "--by-run", "--no-sweep", "--policy", "patience-5")
+    assert result.exit_code == 1 and "no run_id holds curves of 2 or more tasks" in result.output
+
+
+def test_analyze_filters_contexts_and_sums_up_against_patience(tmp_path):
+    path, png = _multi_task_runs(tmp_path / "runs.parquet"), tmp_path / "a.png"
+    result = run("analyze", path, "--task", "arc", "--metric", "acc", "--limit", "2",
+                 "--context", "leave-one-run-out", "--png", png)
+    assert result.exit_code == 0, result.output
+    assert "context: 2 of 2 curves" in result.output and png.stat().st_size > 10_000
+    summary = next(line for line in result.output.splitlines() if line.startswith("summary:"))
+    assert "2 curves" in summary and "patience-5 saves" in summary and "EM loss" in summary
+    data = json.loads(run("analyze", path, "--task", "arc", "--json", "-").output)
+    assert len(data["curves"]) == 3 and {c["task"] for c in data["curves"]} == {"arc"}
+    assert set(data["summary"]["replay"]) == {"metastop", "patience-5"}
+    missing = run("analyze", path, "--task", "nope")
+    assert missing.exit_code == 1 and "no curve left" in missing.output
+
+
+def test_predict_limit_and_summary(few_curves):
+    result = run("predict", few_curves, "--at-fraction", "0.25", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    assert "summary: 2 curves" in result.output
+    data = json.loads(run("predict", few_curves, "--at-fraction", "0.25", "--json", "-").output)
+    assert data["summary"]["n_curves"] == 6
+
+
+def test_help_texts_point_to_no_design_file_outside_the_repository():
+    for path, command in _all_commands(main):
+        assert "DESIGN.md" not in (command.help or ""), path
+        for param in command.params:
+            assert "DESIGN.md" not in (getattr(param, "help", None) or ""), (path, param.name)

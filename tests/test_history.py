@@ -69,7 +69,7 @@ def make_curve(curve_id: str, *, run_id: str | None = None, task: str | None = "
                metric: str | None = "em", n: int = 5, seed: int = 0, **meta) -> Curve:
     rng = np.random.default_rng(seed)
     tokens = np.cumsum(rng.uniform(0.1, 3.0, n)) * 1e6 / 3.0
-    return Curve(curve_id, tokens=tokens, values=rng.normal(size=n), direction="maximize",
+    return Curve(curve_id, tokens=tokens, values=rng.uniform(0.0, 1.0, size=n), direction="maximize",
                  budget=float(tokens[-1]) * 1.7, run_id=run_id, task=task, metric=metric,
                  meta=meta)
 

@@ -79,3 +79,23 @@ def test_frontier_plot(tmp_path):
 def test_empty_grid_still_writes(tmp_path):
     path = curve_grid([], tmp_path / "empty.png")
     assert path.exists()
+
+
+def test_losses_are_drawn_on_a_log_scale_and_accuracies_are_not():
+    from metastop.evaluate.plotting import log_values
+
+    tokens = np.linspace(1e9, 3e11, 12)
+    loss = Curve("run/val_loss", tokens=tokens, values=4.0 * (tokens / 1e9) ** -0.2,
+                 direction="minimize", metric="val_loss")
+    ppl = Curve("run/ppl", tokens=tokens, values=np.linspace(300.0, 12.0, 12), direction="minimize",
+                metric="ppl")
+    assert log_values(loss) and log_values(ppl) and not log_values(_curve(0))
+    fig = curve_figure([CurvePanel(loss), CurvePanel(_curve(0))])
+    assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "linear"]
+
+
+def test_long_curve_ids_wrap_onto_two_readable_lines():
+    curve = Curve("pythia-v0/pythia-1.4b-deduped/five-shot/lambada_openai/acc",
+                  tokens=np.linspace(1e9, 3e11, 5), values=np.linspace(0.2, 0.6, 5))
+    title = curve_figure([CurvePanel(curve)]).axes[0].get_title()
+    assert title == "pythia-v0/pythia-1.4b-deduped/five-shot/\nlambada_openai/acc"

@@ -50,6 +50,74 @@ def _echo_context(n_with: int, n: int, source: str) -> None:
                err=True)
 
 
+CONTEXT_HELP = ("Task memory: none, or give each curve the finished runs of its task from "
+                "other runs (same task and metric), from --history, else from the curves of "
+                "the file. Default: leave-one-run-out with --history, else none.")
+
+
+def _selection_options(command: Callable) -> Callable:
+    """--task, --metric, --held-out, --limit and --seed: which curves of the file to use."""
+    for option in reversed((
+        click.option("--task", default=None, metavar="NAME", help="Only the curves of this task."),
+        click.option("--metric", default=None, metavar="NAME", help="Only the curves of this metric."),
+        click.option("--held-out", is_flag=True,
+                     help="Only curves of the held-out split (never seen by the shipped model)."),
+        click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+                     help="Use a seeded random sample of at most N curves."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample."),
+    )):
+        command = option(command)
+    return command
+
+
+def _select(curves: Any, *, task: str | None = None, metric: str | None = None,
+            held_out: bool = False) -> Any:
+    """The curves of ``task`` and ``metric`` (each when given), of the held-out split if asked."""
+    if task is not None or metric is not None:
+        curves = curves.filter(lambda c: (task is None or c.task == task)
+                               and (metric is None or c.metric == metric))
+    if held_out:
+        from ..curves.splits import split_holdout
+
+        curves = split_holdout(curves)[1]
+    if not len(curves):
+        raise click.ClickException(f"no curve left after --task {task} --metric {metric}"
+                                   f"{' --held-out' if held_out else ''}")
+    return curves
+
+
+def context_mode(context: str | None, history: str | None) -> str:
+    """The --context to use: as given, else leave-one-run-out when --history is given."""
+    if context == "none" and history is not None:
+        raise click.UsageError("--history gives each curve its context, --context none asks "
+                               "for none: drop one of them")
+    return context or ("leave-one-run-out" if history is not None else "none")
+
+
+def curve_contexts(curves: Any, pool: Any, mode: str,
+                   history: str | None) -> tuple[list | None, str | None]:
+    """Each curve's context for ``mode`` and where it came from (the store or the files)."""
+    if mode == "none":
+        return None, None
+    from ..curves.history import mask_url
+    from ..evaluate.contexts import leave_one_run_out_contexts
+
+    if history is not None:
+        contexts, source = leave_one_run_out_contexts(curves, history=history), mask_url(history)
+    else:
+        contexts, source = leave_one_run_out_contexts(curves, pool=pool), "files"
+    _echo_context(sum(x is not None for x in contexts), len(curves), source)
+    return contexts, source
+
+
+def _with_contexts(predictor: Any, curves: Sequence[Any], contexts: list | None) -> Any:
+    if contexts is None:
+        return predictor
+    from ..evaluate.contexts import ContextPredictor
+
+    return ContextPredictor.of(predictor, curves, contexts)
+
+
 @main.command()
 @click.argument("curves_path", metavar="CURVES", type=click.Path(dir_okay=False))
 @_model_option
@@ -59,43 +127,117 @@ def _echo_context(n_with: int, n: int, source: str) -> None:
 @click.option("--max-panels", type=click.IntRange(1, 200), default=36, show_default=True,
               help="Curves drawn in the PNG grid (the first ones).")
 @click.option("--json", "json_path", default=None, metavar="PATH",
-              help="Write the analysis as JSON to PATH ('-' for standard output).")
+              help="Write the analysis as JSON to PATH ('-' for standard output): 'price', "
+                   "'curves' (per curve: predicted_final, interval_80, stop_index, "
+                   "tokens_saved, decision, ...) and 'summary'.")
+@_selection_options
+@click.option("--context", type=click.Choice(["none", "leave-one-run-out"]), default=None,
+              help=CONTEXT_HELP)
 @_history_option
+@click.option("--baseline", default="patience-5", show_default=True, metavar="POLICY",
+              help="Policy the summary line compares with (replayed on the same curves, "
+                   "keep-best), e.g. patience-5.")
 @library_errors
 def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
-            max_panels: int, json_path: str | None, history: str | None) -> None:
+            max_panels: int, json_path: str | None, task: str | None, metric: str | None,
+            held_out: bool, limit: int | None, seed: int, context: str | None,
+            history: str | None, baseline: str) -> None:
     """Analyze curves: predicted final value and where metastop would stop.
 
     Each curve is replayed point by point through the default policy (CostAware at the
     shipped price, or --price). The table shows the points seen, the best value so far,
     the predicted final value with its 80% interval (predicted from the stop point, or from
     the last point of a running curve), the recommended stop point and the tokens it saves.
+    A last line sums it up against --baseline on the same curves.
 
     \b
     Example:
       metastop analyze data/sample_curves.parquet --png reports/analyze.png
+      metastop analyze pythia_evals.parquet --task lambada_openai --metric acc \\
+          --held-out --limit 8 --context leave-one-run-out
       metastop analyze run.parquet --price 0.02 --json -
       metastop analyze run.parquet --history sqlite:///history.db
     """
-    from ..evaluate.analysis import analyze_curves
+    from ..evaluate.analysis import analyze_curves, sample
     from ..evaluate.plotting import CurvePanel, curve_grid
     from ..evaluate.suite import make_policy
 
-    curves = _read_curve_files([curves_path])
-    predictor = _with_history(_load_predictor(model), curves, history)
+    pool = _select(_read_curve_files([curves_path]), task=task, metric=metric)
+    curves = sample(_select(pool, held_out=True) if held_out else pool, limit, seed=seed)
+    contexts, _ = curve_contexts(curves, pool, context_mode(context, history), history)
+    predictor = _with_contexts(_load_predictor(model), curves, contexts)
     policy = make_policy("metastop", predictor, price=price)
     with _progress_bar(f"replaying {len(curves)} curves") as progress:
         results = analyze_curves(curves, predictor, policy=policy, progress=progress)
+    summary = analysis_summary(results, baseline)
     if png is not None:
         panels = [CurvePanel(a.curve, a.prediction, a.stop_index, a.seen) for a in results[:max_panels]]
-        curve_grid(panels, png, title=f"{Path(curves_path).name}: metastop at {price}")
+        curve_grid(panels, png, title=_figure_title(Path(curves_path).name, results, price))
     if json_path is not None:
-        write_json({"price": price.to_dict(), "curves": [a.to_dict() for a in results]},
-                   json_path)
+        write_json({"price": price.to_dict(), "curves": [a.to_dict() for a in results],
+                    "summary": summary}, json_path)
     if json_path != "-":
         _print_analysis(results, price)
+        click.echo(_summary_text(summary))
         if png is not None:
             click.echo(f"wrote {png}")
+
+
+def _figure_title(name: str, results: Sequence[Any], price: Any) -> str:
+    kinds = sorted({f"{a.curve.task}/{a.curve.metric}" for a in results if a.curve.task})
+    what = ", ".join(kinds[:3]) + (", ..." if len(kinds) > 3 else "")
+    return f"{name}{': ' + what if what else ''} - {len(results)} curves, metastop at {price}"
+
+
+def _gain(a: Any) -> float | None:
+    """Predicted improvement of the final value over the best of the points the prediction
+    saw (metric units, > 0 is better)."""
+    if a.predicted_final is None:
+        return None
+    return float(a.curve.sign * (a.predicted_final - a.curve.prefix(a.seen).best))
+
+
+def analysis_summary(results: Sequence[Any], baseline: str | None = "patience-5") -> dict[str, Any]:
+    """Counts and means over analysed curves; for finished curves, metastop's savings and
+    EM loss (keep-best) beside ``baseline``'s, replayed on the same curves."""
+    import numpy as np
+
+    from ..evaluate.outcomes import PolicyReport, backtest, outcome
+    from ..evaluate.suite import make_policy
+
+    gains = [g for g in (_gain(a) for a in results) if g is not None]
+    out: dict[str, Any] = {
+        "n_curves": len(results), "n_stop": sum(a.stop_index is not None for a in results),
+        "mean_predicted_gain": float(np.mean(gains)) if gains else None,
+        "tokens_saved_fraction_mean": float(np.mean(
+            [a.tokens_saved / a.curve.budget if a.curve.budget else 0.0 for a in results]))}
+    done = [a for a in results if a.curve.tokens[-1] >= a.curve.budget]
+    if done:
+        mine = PolicyReport.from_outcomes("metastop", {}, [
+            outcome(a.curve, len(a.curve) - 1 if a.stop_index is None else a.stop_index)
+            for a in done])
+        reports = [mine] + ([backtest([a.curve for a in done], make_policy(baseline), name=baseline)]
+                            if baseline else [])
+        out["replay"] = {r.name: {"n_curves": r.n_curves,
+                                  "token_savings_mean": r.token_savings_mean,
+                                  "em_loss_mean": r.em_loss_mean, "em_loss_p95": r.em_loss_p95}
+                         for r in reports}
+    return out
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    from ..stop.prices import to_points
+
+    gain = summary["mean_predicted_gain"]
+    text = (f"summary: {summary['n_curves']} curves, mean predicted gain after the stop point "
+            f"{'-' if gain is None else f'{gain:+.4g}'}; metastop stops {summary['n_stop']} of "
+            f"{summary['n_curves']}, saving {summary['tokens_saved_fraction_mean']:.0%} of tokens")
+    replay = summary.get("replay", {})
+    for name, r in replay.items():
+        loss = f"EM loss {to_points(r['em_loss_mean']):.2f} pts mean"
+        text += (f", {loss}" if name == "metastop" else
+                 f"; {name} saves {r['token_savings_mean']:.0%}, {loss}")
+    return text + (" (keep-best replay)" if replay else "")
 
 
 def _print_analysis(results: Sequence[Any], price: Any) -> None:
@@ -117,11 +259,16 @@ def _print_analysis(results: Sequence[Any], price: Any) -> None:
               required=True, metavar="F", help="Predict from the points within the first F of the budget.")
 @_model_option
 @click.option("--json", "json_path", default=None, metavar="PATH",
-              help="Write the predictions as JSON to PATH ('-' for standard output).")
+              help="Write the predictions as JSON to PATH ('-' for standard output): "
+                   "'at_fraction', 'curves' (per curve: predicted_final, interval_80, "
+                   "true_final, ...) and 'summary'.")
 @_history_option
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Use a seeded random sample of at most N curves.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
 @library_errors
 def predict(curves_path: str, fraction: float, model: str | None, json_path: str | None,
-            history: str | None) -> None:
+            history: str | None, limit: int | None, seed: int) -> None:
     """Predict each curve's final value from its first F of the budget.
 
     The true final value is shown where the curve reached its budget.
@@ -132,14 +279,20 @@ def predict(curves_path: str, fraction: float, model: str | None, json_path: str
       metastop predict data/sample_curves.parquet --at-fraction 0.5 --json -
       metastop predict run.parquet --at-fraction 0.25 --history sqlite:///history.db
     """
-    from ..evaluate.analysis import forecast_at
+    from ..evaluate.analysis import forecast_at, sample
 
-    curves = _read_curve_files([curves_path])
-    results = forecast_at(curves, _with_history(_load_predictor(model), curves, history), fraction)
+    curves = sample(_read_curve_files([curves_path]), limit, seed=seed)
+    predictor = _with_history(_load_predictor(model), curves, history)
+    with _progress_bar(f"predicting {len(curves)} curves") as progress:
+        results = []
+        for start in range(0, len(curves), PREDICT_CHUNK):
+            results += forecast_at(curves[start:start + PREDICT_CHUNK], predictor, fraction)
+            progress(len(results), len(curves))
+    summary = _predict_summary(results)
     if json_path is not None:
         write_json({"at_fraction": fraction, "curves": [
             {k: v for k, v in a.to_dict().items() if not k.startswith(("stop", "tokens_saved", "decision"))}
-            for a in results]}, json_path)
+            for a in results], "summary": summary}, json_path)
     if json_path == "-":
         return
     rows = []
@@ -149,6 +302,25 @@ def predict(curves_path: str, fraction: float, model: str | None, json_path: str
                      a.true_final, error])
     print_table(f"final value predicted from the first {fraction:.0%} of the budget",
                 ["curve", "points seen", "predicted final", "80% interval", "true final", "abs error"], rows)
+    gain, mae = summary["mean_predicted_gain"], summary["mae"]
+    click.echo(f"summary: {summary['n_curves']} curves, mean predicted gain "
+               f"{'-' if gain is None else f'{gain:+.4g}'}, MAE {'-' if mae is None else f'{mae:.4g}'} "
+               f"on {summary['n_finished']} finished curves")
+
+
+PREDICT_CHUNK = 256
+"""Curves predicted per batch by ``predict`` (the progress bar moves once per batch)."""
+
+
+def _predict_summary(results: Sequence[Any]) -> dict[str, Any]:
+    import numpy as np
+
+    gains = [g for g in (_gain(a) for a in results) if g is not None]
+    errors = [abs(a.predicted_final - a.true_final) for a in results
+              if a.true_final is not None and a.predicted_final is not None]
+    return {"n_curves": len(results), "n_finished": len(errors),
+            "mean_predicted_gain": float(np.mean(gains)) if gains else None,
+            "mae": float(np.mean(errors)) if errors else None}
 
 
 @main.command()

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..stop.prices import Price
-from .analysis import HISTORY_HELP, _echo_context
+from .analysis import CONTEXT_HELP, HISTORY_HELP, context_mode, curve_contexts
 from .main import (
     _load_predictor,
     _model_option,
@@ -25,7 +25,10 @@ from .main import (
 @click.argument("curves_paths", metavar="CURVES...", nargs=-1, required=True,
                 type=click.Path(dir_okay=False))
 @click.option("--json", "json_path", default=None, metavar="OUT",
-              help="Write DESIGN.md's backtest JSON to OUT ('-' for standard output).")
+              help="Write the backtest JSON to OUT ('-' for standard output): n_curves, "
+                   "prediction (mae_at, coverage_80), policies (name, params, "
+                   "token_savings_mean, em_loss_mean, em_loss_p95, n_curves), frontier, "
+                   "context, and with --by-run a by_run list (see the README).")
 @click.option("--policy", "policies", multiple=True, metavar="NAME",
               help="Policies to compare (repeatable): metastop, patience-N, "
                    "improvement-probability, oracle. Default: all standard ones.")
@@ -40,15 +43,17 @@ from .main import (
               help="Use a seeded random sample of at most this many curves.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
 @click.option("--context", type=click.Choice(["none", "leave-one-run-out"]), default=None,
-              help="Task memory: none, or give each curve the finished runs of its task from "
-                   "other runs (same task and metric), from --history, else from the curves "
-                   "of the files. Default: leave-one-run-out with --history, else none.")
+              help=CONTEXT_HELP)
 @click.option("--history", default=None, metavar="URL", help=HISTORY_HELP)
+@click.option("--by-run", is_flag=True,
+              help="Also replay whole runs (curves grouped by run_id, 2+ tasks each): one stop "
+                   "per run for metastop (MultiTask), patience-5 and CostAware on the run's "
+                   "mean curve; run-level savings, weighted loss and per-task loss.")
 @library_errors
 def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tuple[str, ...],
              price: Price, keep: str, png: str | None, no_sweep: bool,
              model: str | None, limit: int | None, seed: int, context: str | None,
-             history: str | None) -> None:
+             history: str | None, by_run: bool) -> None:
     """Replay finished curves through stopping policies: token savings vs EM loss.
 
     Every policy sees each curve point by point (never the future). EM loss is in the
@@ -66,14 +71,17 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
     everything = _read_curve_files(curves_paths)
     curves = sample(everything, limit, seed=seed)
     names = tuple(dict.fromkeys(policies)) or STANDARD_POLICIES
-    predictor = _load_predictor(model) if any(not n.startswith("patience-") for n in names) else None
-    contexts, source = _contexts(curves, everything, _context_mode(context, history), history)
+    needs_model = by_run or any(not n.startswith("patience-") for n in names)
+    predictor = _load_predictor(model) if needs_model else None
+    contexts, source = curve_contexts(curves, everything, context_mode(context, history), history)
     with _progress_bar(f"backtesting {len(curves)} curves") as progress:
         suite = run_suite(curves, predictor, policies=names, price=price, keep=keep,
                           sweeps=not no_sweep, contexts=contexts, progress=progress)
     extra = {"files": list(curves_paths), "context_source": source}
     if "metastop" in names and "patience-5" in names:
         extra["comparison"] = compare(suite.report("metastop"), suite.report("patience-5")).to_dict()
+    if by_run:
+        extra["by_run"] = by_run_section(curves, predictor, price, contexts)
     if json_path is not None:
         write_json(suite.to_json(extra), json_path)
     if png is not None:
@@ -82,30 +90,41 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
         _print_suite(suite)
         if "comparison" in extra:
             _print_comparison(extra["comparison"])
+        if by_run:
+            _print_by_run(extra["by_run"])
 
 
-def _context_mode(context: str | None, history: str | None) -> str:
-    """The --context to use: as given, else leave-one-run-out when --history is given."""
-    if context == "none" and history is not None:
-        raise click.UsageError("--history gives each curve its context, --context none asks "
-                               "for none: drop one of them")
-    return context or ("leave-one-run-out" if history is not None else "none")
+def by_run_section(curves: Any, predictor: Any, price: Price,
+                   contexts: list | None = None) -> list[dict[str, Any]]:
+    """The JSON's ``by_run`` section: whole runs replayed through metastop's run-level policy
+    (``MultiTask(CostAware)``), patience-5 and CostAware on the run's mean curve."""
+    from ..evaluate.common import plain
+    from ..evaluate.runs import MeanCurve, group_runs, replay_runs
+    from ..evaluate.suite import make_policy
+    from ..stop.multitask import MultiTask
+    from .analysis import _with_contexts
+
+    runs = group_runs(list(curves))
+    if not runs:
+        raise click.ClickException("--by-run: no run_id holds curves of 2 or more tasks")
+    model = _with_contexts(predictor, list(curves), contexts)
+    policies = {"metastop": MultiTask(make_policy("metastop", model, price=price)),
+                "patience-5 (mean curve)": MeanCurve(make_policy("patience-5")),
+                "cost-aware (mean curve)": MeanCurve(make_policy("metastop", model, price=price))}
+    with _progress_bar(f"replaying {len(runs)} runs") as progress:
+        reports = []
+        for i, (name, policy) in enumerate(policies.items()):
+            reports.append(plain(replay_runs(runs, policy, name=name).to_dict()))
+            progress(i + 1, len(policies))
+    return reports
 
 
-def _contexts(curves: Any, everything: Any, mode: str,
-              history: str | None) -> tuple[list | None, str | None]:
-    """Each curve's context for ``mode`` and where it came from (the store or the files)."""
-    if mode == "none":
-        return None, None
-    from ..curves.history import mask_url
-    from ..evaluate.contexts import leave_one_run_out_contexts
-
-    if history is not None:
-        contexts, source = leave_one_run_out_contexts(curves, history=history), mask_url(history)
-    else:
-        contexts, source = leave_one_run_out_contexts(curves, pool=everything), "files"
-    _echo_context(sum(x is not None for x in contexts), len(curves), source)
-    return contexts, source
+def _print_by_run(reports: list[dict[str, Any]]) -> None:
+    rows = [[r["name"], r["n_runs"], 100 * r["token_savings_mean"], 100 * r["weighted_loss_mean"],
+             100 * r["weighted_loss_p95"], 100 * r["task_loss_mean"]] for r in reports]
+    print_table("by run: one stop per run, keep-best weighted checkpoint",
+                ["policy", "runs", "token savings %", "weighted loss mean (pts)",
+                 "weighted loss p95 (pts)", "task loss mean (pts)"], rows)
 
 
 def _frontier_png(suite: Any, png: str) -> None:

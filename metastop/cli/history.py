@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from ..errors import MetastopError
+from .main import _counted, _progress_bar
 
 _HISTORY_HELP = ("History store URL, e.g. sqlite:///history.db or "
                  "postgresql://user:password@host/db. Default: $METASTOP_HISTORY, else "
@@ -95,9 +96,11 @@ def add_command(curves: tuple[Path, ...], url: str | None, as_json: bool) -> Non
     from ..ingest import read_curves
     from ..curves.history import HistoryStore
 
-    tables = [(path, read_curves(path)) for path in curves]
-    with HistoryStore(url) as store:
-        added = [(str(path), store.add(table, source=str(path))) for path, table in tables]
+    with _progress_bar(f"reading {len(curves)} files") as progress:
+        tables = [(path, read_curves(path)) for path in _counted(curves, progress)]
+    with HistoryStore(url) as store, _progress_bar(f"adding {len(tables)} files") as progress:
+        added = [(str(path), store.add(table, source=str(path)))
+                 for path, table in _counted(tables, progress)]
         shown = store.url
     if as_json:
         _echo_json({"history": shown, "added": [{"file": f, "curves": n} for f, n in added]})

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .main import library_errors, main, print_table, write_json
+from .main import _counted, _progress_bar, library_errors, main, print_table, write_json
 
 
 # --- ingest (readers) ------------------------------------------------------------------
@@ -46,9 +46,10 @@ def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
     """
     from ..ingest import read_sources
 
-    result = read_sources(sources, on_error=on_error, metric=metric,
-                          tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
-                          scale=None if scale is None else float(scale))
+    with _progress_bar(f"reading {len(sources)} sources") as progress:
+        result = read_sources(_counted(sources, progress), on_error=on_error, metric=metric,
+                              tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
+                              scale=None if scale is None else float(scale))
     result.curves.write(output)
     if json_path != "-":  # keep standard output clean JSON for machines
         _print_ingest(result, output)

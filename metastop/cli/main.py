@@ -113,6 +113,14 @@ def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _counted(items: Sequence[Any], progress: Callable[[int, int], None]) -> Iterator[Any]:
+    """``items`` one by one, reporting ``progress(done, total)`` as each is taken."""
+    for i, item in enumerate(items):
+        progress(i, len(items))
+        yield item
+    progress(len(items), len(items))
+
+
 def _price_option(command: Callable) -> Callable:
     return click.option(
         "--price", type=float, default=None, metavar="F", callback=_to_price,

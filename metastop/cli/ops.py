@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .main import library_errors, main, print_table, write_json
+from .main import _progress_bar, library_errors, main, print_table, write_json
 
 
 # --- retrain / report ------------------------------------------------------------------
@@ -64,9 +64,10 @@ def retrain_command(curves: tuple[Path, ...], data_dir: Path | None, no_corpus: 
     params = {**DEFAULT_PARAMS, **{k: v for k, v in (("n_estimators", n_estimators),
                                                      ("num_threads", num_threads)) if v is not None}}
     recipe = Recipe(corpora=corpora, max_curves=max_curves, params=params)
-    result = retrain(curves, runs_dir=runs_dir, recipe=recipe, registry=Registry(registry_root),
-                     out=out, dask_scheduler=dask_scheduler, force=force,
-                     min_improvement=min_improvement)
+    with _progress_bar("retraining: gather, train, evaluate champion and challenger"):
+        result = retrain(curves, runs_dir=runs_dir, recipe=recipe, registry=Registry(registry_root),
+                         out=out, dask_scheduler=dask_scheduler, force=force,
+                         min_improvement=min_improvement)
     if json_path is not None:
         write_json(result.to_dict(), json_path)
     if json_path == "-":

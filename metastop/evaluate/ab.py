@@ -1,6 +1,8 @@
 """Offline A/B tests: paired comparisons of policies on the same curves, with seeded
 percentile-bootstrap 95% intervals over curves.
 
+The intervals come from ``scipy.stats.bootstrap`` (``method="percentile"``, paired, seeded).
+
 Example:
     >>> from metastop.evaluate.ab import compare
     >>> c = compare(backtest(curves, CostAware(pred)), backtest(curves, Patience(5)))  # doctest: +SKIP
@@ -68,11 +70,12 @@ def compare(a: PolicyReport, b: PolicyReport, *, n_boot: int = 2000, seed: int =
         raise ParameterError("cannot compare reports with no curves")
     savings = np.array([x.token_savings - y.token_savings for x, y in zip(a.outcomes, b.outcomes)])
     losses = np.array([x.em_loss - y.em_loss for x, y in zip(a.outcomes, b.outcomes)])
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(ids_a), size=(n_boot, len(ids_a)))
+    # Savings and losses are resampled together (paired): the same curves in each resample.
+    low, high = _bootstrap((savings, losses), lambda s, loss, axis: np.stack(
+        [s.mean(axis=axis), loss.mean(axis=axis)]), n_boot, seed)
     return Comparison(a.name, b.name, len(ids_a), float(savings.mean()),
-                      _interval(savings[index].mean(axis=1)), float(losses.mean()),
-                      _interval(losses[index].mean(axis=1)), n_boot, seed)
+                      (float(low[0]), float(high[0])), float(losses.mean()),
+                      (float(low[1]), float(high[1])), n_boot, seed)
 
 
 def hull_gap(front: Frontier, rival: PolicyReport, *, n_boot: int = 2000,
@@ -99,9 +102,10 @@ def hull_gap(front: Frontier, rival: PolicyReport, *, n_boot: int = 2000,
                              f"the same curves in the same order")
     savings = np.array([[o.token_savings for o in r.outcomes] for r in reports])
     losses = np.array([[o.em_loss for o in r.outcomes] for r in reports])
-    n = savings.shape[1]
-    index = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    return float(_mix_gap(savings, losses, slice(None))), _interval(_mix_gap(savings, losses, index))
+    # Resampling curve indices keeps the three reports paired (the same curves in each).
+    low, high = _bootstrap((np.arange(savings.shape[1]),),
+                           lambda rows, axis: _mix_gap(savings, losses, rows), n_boot, seed)
+    return float(_mix_gap(savings, losses, slice(None))), (float(low), float(high))
 
 
 def _mix_gap(savings: np.ndarray, losses: np.ndarray, rows: Any) -> np.ndarray:
@@ -118,6 +122,17 @@ def _check_boot(n_boot: int) -> None:
         raise ParameterError(f"n_boot must be >= 1, got {n_boot=}")
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
+def _bootstrap(data: tuple[np.ndarray, ...], statistic: Any, n_boot: int,
+               seed: int) -> tuple[Any, Any]:
+    """Seeded paired percentile-bootstrap 95% interval of ``statistic`` (vectorized over the
+    last axis) through ``scipy.stats.bootstrap``."""
+    from scipy.stats import bootstrap
+
+    if len(data[0]) < 2:  # scipy refuses one observation; every resample is that one
+        value = statistic(*(d[None, :] for d in data), axis=-1)
+        value = np.asarray(value)[..., 0]
+        return value, value
+    result = bootstrap(data, statistic, n_resamples=n_boot, confidence_level=0.95,
+                       method="percentile", paired=True, vectorized=True, axis=-1,
+                       random_state=np.random.default_rng(seed))
+    return result.confidence_interval.low, result.confidence_interval.high

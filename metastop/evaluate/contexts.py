@@ -99,6 +99,7 @@ def history_siblings(curves: Sequence[Curve], history: Any) -> list[list[Curve]]
 
 
 def _context(curve: Curve, siblings: list[Curve], limit: int) -> Context | None:
+    siblings = sorted(siblings, key=lambda s: s.curve_id)  # the same whatever the pool's order
     if len(siblings) > limit:
         seed = int(hashlib.sha256(curve.curve_id.encode("utf-8")).hexdigest()[:8], 16)
         pick = np.sort(np.random.default_rng(seed).choice(len(siblings), limit, replace=False))

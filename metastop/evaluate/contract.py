@@ -2,7 +2,8 @@
 
 Other tools read this file, so its keys are a contract: ``n_curves``, ``prediction``
 (``mae_at`` at 0.1 / 0.25 / 0.5 and ``coverage_80``), ``policies`` and ``frontier``, and
-since task memory ``context`` (``none`` or ``leave-one-run-out``; older files lack it). Numbers
+since task memory ``context`` (``none`` or ``leave-one-run-out``; older files lack it), and
+with ``backtest --by-run`` a ``by_run`` list (one entry per run-level policy). Numbers
 are in metric units and fractions, as DESIGN.md says; extra keys may be added, never replace
 these.
 
@@ -29,11 +30,16 @@ CONTRACT_KEYS = {
     "mae_at": ("0.1", "0.25", "0.5"),
     "policy": ("name", "params", "token_savings_mean", "em_loss_mean", "em_loss_p95", "n_curves"),
     "frontier_point": ("params", "token_savings_mean", "em_loss_mean"),
+    "by_run_policy": ("name", "params", "n_runs", "token_savings_mean", "weighted_loss_mean",
+                      "weighted_loss_p95", "task_loss_mean"),
 }
 """The keys DESIGN.md promises, by where they appear."""
 OPTIONAL_KEYS = {"context": CONTEXT_MODES}
 """Top-level keys added since the first files, with the values they may take: a file written
 before them lacks them and still conforms."""
+OPTIONAL_SECTIONS = ("by_run",)
+"""Optional top-level sections (``backtest --by-run``): a list of entries with the keys of
+``CONTRACT_KEYS["by_run_policy"]`` (``RunReport.to_dict``), checked only when present."""
 
 
 def report_json(*, n_curves: int, prediction: PredictionReport | None,
@@ -73,4 +79,10 @@ def contract_problems(data: Mapping[str, Any]) -> list[str]:
         for i, point in enumerate(points):
             missing += [f"frontier.{name}[{i}].{k}" for k in CONTRACT_KEYS["frontier_point"]
                         if k not in point]
+    if "by_run" in data:
+        section = data["by_run"]
+        if not isinstance(section, list):
+            return missing + [f"by_run (a list, got {type(section).__name__})"]
+        for i, entry in enumerate(section):
+            missing += [f"by_run[{i}].{k}" for k in CONTRACT_KEYS["by_run_policy"] if k not in entry]
     return missing

@@ -69,11 +69,30 @@ def draw_curve(ax: Any, panel: CurvePanel) -> None:
         _draw_stop(ax, curve, panel.stop_index)
     if curve.tokens[0] > 0 and curve.budget / curve.tokens[0] > 100:
         ax.set_xscale("log")  # geometric schedules (LCDB sample sizes, doubling checkpoints)
-    ax.set_title(_short(panel.title or curve.curve_id), fontsize=8)
+    else:
+        from matplotlib.ticker import EngFormatter
+
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 150G, not 1.5 with a 1e11 offset
+    if log_values(curve):
+        ax.set_yscale("log")
+    ax.set_title(_wrap(panel.title or curve.curve_id), fontsize=8)
     ax.set_xlabel("tokens", fontsize=7)
     ax.set_ylabel(curve.metric or "value", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.grid(alpha=0.3)
+
+
+LOG_METRICS = ("loss", "ppl", "perplexity", "nll", "bpb", "bits")
+
+
+def log_values(curve: Curve) -> bool:
+    """Whether to draw ``curve``'s values on a log scale: losses and perplexities (a metric
+    to minimize, named like one or spanning a decade) with every value positive."""
+    values = np.asarray(curve.values, dtype=float)
+    if curve.direction != "minimize" or not np.all(values > 0):
+        return False
+    named = any(word in (curve.metric or "").lower() for word in LOG_METRICS)
+    return named or float(values.max() / values.min()) >= 10
 
 
 def _draw_prediction(ax: Any, curve: Curve, prediction: Prediction) -> None:
@@ -99,7 +118,7 @@ def curve_figure(panels: Sequence[CurvePanel], *, columns: int = 4, title: str |
     n = max(1, len(panels))
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.0 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         draw_curve(ax, panel)
     for ax in list(axes.flat)[len(panels):]:
@@ -179,3 +198,15 @@ def save(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
 
 def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3):]
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    """A long id on at most two lines, broken at ``/`` where it can be (the end kept)."""
+    if len(text) <= width:
+        return text
+    cut = text.rfind("/", 0, len(text) - width // 3)
+    if 0 < cut and cut + 1 <= width and len(text) - cut - 1 <= width:
+        return text[:cut + 1] + "\n" + text[cut + 1:]
+    if len(text) <= 2 * width:
+        return text[:width] + "\n" + text[width:]
+    return text[:width - 3] + "...\n" + text[-width:]

@@ -19,7 +19,7 @@ is optional.
 
 Example:
     >>> specs = sample_studies(curves, n_trials=8, n_studies=20, seeds=(0, 1))  # doctest: +SKIP
-    >>> outcome = replay_study(specs[0], lambda unit: optuna.pruners.MedianPruner())  # doctest: +SKIP
+    >>> outcome = replay_study(specs[0], lambda unit, longest: optuna.pruners.MedianPruner())  # doctest: +SKIP
     >>> outcome.tokens_saved, outcome.regret_points  # doctest: +SKIP
 """
 
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,12 +37,9 @@ from ..curves import Curve
 from ..errors import ParameterError
 from ..stop.prices import to_points
 
-PrunerFactory = Callable[[float], Any]
-"""``factory(tokens_per_step) -> pruner``: a fresh pruner for one study (pruners keep state)."""
-
-OPTUNA_PRUNERS = ("median", "percentile_25", "successive_halving", "hyperband",
-                  "patient_median_3", "none")
-"""The Optuna baselines, at Optuna's defaults except where the name says otherwise."""
+PrunerFactory = Callable[[float, float], Any]
+"""``factory(tokens_per_step, longest) -> pruner``: a fresh pruner for one study (pruners keep
+state); ``longest`` is the tokens of the study's longest trial (its planned budget)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,9 @@ class TrialOutcome:
     tokens_full: float
     best_score_seen: float
     best_score_full: float
+    stop_gain_points: float | None = None
+    """The gain (points) the pruner still expected when it pruned, where it says
+    (``MetaStopPruner``: the decision's ``expected_gain``)."""
 
     @property
     def pruned(self) -> bool:
@@ -205,47 +206,64 @@ def study_grid(curves: Sequence[Curve]) -> tuple[float, list[np.ndarray]]:
     scale = 1.0
     while scale < 1e6 and not np.allclose(tokens * scale, np.round(tokens * scale), rtol=0, atol=1e-6):
         scale *= 10.0
-    ints = [int(round(float(t) * scale)) for t in tokens]
-    unit = math.gcd(*ints) if any(ints) else 1
-    unit = unit or 1
-    steps = [np.array([int(round(float(t) * scale)) // unit for t in c.tokens], dtype=np.int64)
+    ints = [round(float(t) * scale) for t in tokens]
+    unit = math.gcd(*ints) or 1
+    steps = [np.array([round(float(t) * scale) // unit for t in c.tokens], dtype=np.int64)
              for c in curves]
     return unit / scale, steps
 
 
 def replay_study(spec: StudySpec, factory: PrunerFactory, *, name: str = "pruner") -> StudyOutcome:
-    """Run ``spec``'s trials through a real Optuna study pruned by ``factory(unit)``.
+    """Run ``spec``'s trials through a real Optuna study pruned by ``factory(unit, longest)``.
 
-    Each trial reports its raw values at its steps, asks ``should_prune()`` after every report,
-    and is told ``PRUNED`` when pruned, else its best value (keep-best).
+    Each trial reports its raw values at its steps, asks ``should_prune()`` after every report
+    but its last, and is told ``PRUNED`` when pruned, else its best value (keep-best). The
+    study is named after the spec and seed, so HyperbandPruner (which assigns brackets by a
+    checksum of the study's name) replays the same way every time.
     """
     import optuna
 
     unit, grids = study_grid(spec.curves)
-    study = optuna.create_study(direction=spec.direction, pruner=factory(unit),
+    pruner = factory(unit, max(c.last_tokens for c in spec.curves))
+    study = optuna.create_study(direction=spec.direction, pruner=pruner,
+                                study_name=f"{spec.name}/seed{spec.seed}",
                                 sampler=optuna.samplers.RandomSampler(seed=spec.seed))
-    trials, decisions = [], 0
+    seen = []
     for curve, steps in zip(spec.curves, grids):
         trial = study.ask()
-        seen = len(steps)
-        for k, (step, value) in enumerate(zip(steps, curve.values)):
-            trial.report(float(value), int(step))
-            decisions += 1
-            if k < len(steps) - 1 and trial.should_prune():
-                seen = k + 1
-                break
-        if seen < len(steps):
+        seen.append(_run_trial(trial, curve, steps))
+        if seen[-1] < len(steps):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, float(curve.best))
-        trials.append(_trial(curve, seen))
-    return StudyOutcome(spec.name, spec.seed, name, spec.direction, unit, tuple(trials), decisions)
+    gains = _stop_gains(pruner)
+    trials = tuple(_trial(c, n, gains.get(i) if n < len(c.tokens) else None)
+                   for i, (c, n) in enumerate(zip(spec.curves, seen)))
+    return StudyOutcome(spec.name, spec.seed, name, spec.direction, unit, trials, sum(seen))
 
 
-def _trial(curve: Curve, seen: int) -> TrialOutcome:
+def _run_trial(trial: Any, curve: Curve, steps: np.ndarray) -> int:
+    """Report the curve's points until the pruner says prune; the number of points seen."""
+    for k, (step, value) in enumerate(zip(steps, curve.values)):
+        trial.report(float(value), int(step))
+        if k < len(steps) - 1 and trial.should_prune():
+            return k + 1
+    return len(steps)
+
+
+def _stop_gains(pruner: Any) -> dict[int, float]:
+    """Trial number -> the expected gain of the pruner's last decision, where it keeps them."""
+    decisions = getattr(pruner, "decisions", None)
+    if not isinstance(decisions, Mapping):
+        return {}
+    return {n: float(d.expected_gain) for n, d in decisions.items()
+            if getattr(d, "expected_gain", None) is not None}
+
+
+def _trial(curve: Curve, seen: int, gain: float | None) -> TrialOutcome:
     return TrialOutcome(curve.curve_id, seen, len(curve.tokens), float(curve.tokens[seen - 1]),
                         float(curve.last_tokens), float(curve.scores[:seen].max()),
-                        float(curve.scores.max()))
+                        float(curve.scores.max()), gain)
 
 
 def optuna_pruners() -> dict[str, PrunerFactory]:
@@ -253,19 +271,25 @@ def optuna_pruners() -> dict[str, PrunerFactory]:
     import optuna
 
     p = optuna.pruners
-    return {"median": lambda unit: p.MedianPruner(),
-            "percentile_25": lambda unit: p.PercentilePruner(25.0),
-            "successive_halving": lambda unit: p.SuccessiveHalvingPruner(),
-            "hyperband": lambda unit: p.HyperbandPruner(),
-            "patient_median_3": lambda unit: p.PatientPruner(p.MedianPruner(), patience=3),
-            "none": lambda unit: p.NopPruner()}
+    return {"median": lambda unit, longest: p.MedianPruner(),
+            "percentile_25": lambda unit, longest: p.PercentilePruner(25.0),
+            "successive_halving": lambda unit, longest: p.SuccessiveHalvingPruner(),
+            "hyperband": lambda unit, longest: p.HyperbandPruner(),
+            "patient_median_3": lambda unit, longest: p.PatientPruner(p.MedianPruner(), patience=3),
+            "none": lambda unit, longest: p.NopPruner()}
 
 
-def metastop_pruner(policy: Any) -> PrunerFactory:
-    """A factory of ``MetaStopPruner(policy)`` with the study's ``tokens_per_step``."""
+def metastop_pruner(policy: Any, *, planned_budget: bool = False) -> PrunerFactory:
+    """A factory of ``MetaStopPruner(policy)`` with the study's ``tokens_per_step``.
+
+    ``planned_budget=True`` passes the study's longest trial as ``budget`` (a user who knows the
+    sweep's largest planned run); by default the pruner's own ``budget="auto"`` applies.
+    """
     from ..integrations.optuna import MetaStopPruner
 
-    return lambda unit: MetaStopPruner(policy, tokens_per_step=unit)
+    if planned_budget:
+        return lambda unit, longest: MetaStopPruner(policy, budget=longest, tokens_per_step=unit)
+    return lambda unit, longest: MetaStopPruner(policy, tokens_per_step=unit)
 
 
 def summarize(outcomes: Sequence[StudyOutcome], *, n_resamples: int = 2000,
@@ -322,15 +346,22 @@ def regret_causes(outcomes: Sequence[StudyOutcome], *, top: int = 10) -> dict[st
 
     Returns the largest cases (study, seed, the winner's position among the trials, the share
     of its tokens seen when pruned, what it had shown then and what it reached, in points) and
-    a summary over every study with regret.
+    a summary over every study with regret. Where the pruner states the gain it still expected
+    when it pruned, the share of prunes that expected none says how many a higher price could
+    not have kept (a price weighs a gain; it cannot revive a zero one).
     """
     cases = [_cause(o) for o in outcomes if o.regret > 1e-12]
     cases.sort(key=lambda c: -c["regret_points"])
     fractions = np.array([c["fraction_seen"] for c in cases]) if cases else np.array([])
+    gains = np.array([t.stop_gain_points for o in outcomes for t in o.trials
+                      if t.pruned and t.stop_gain_points is not None])
     return {"n_with_regret": len(cases), "n_outcomes": len(outcomes),
+            "n_prunes_with_gain": len(gains),
+            "share_prunes_with_zero_gain": float(np.mean(gains <= 1e-9)) if len(gains) else None,
             "winner_fraction_seen_median": float(np.median(fractions)) if cases else None,
             "winner_pruned_before_half": int((fractions < 0.5).sum()),
             "winner_position_counts": _counts([c["winner_position"] for c in cases]),
+            "winner_longer_than_completed": _longer(cases),
             "largest": cases[:top]}
 
 
@@ -338,14 +369,26 @@ def _cause(outcome: StudyOutcome) -> dict[str, Any]:
     position = int(np.argmax([t.best_score_full for t in outcome.trials]))
     winner = outcome.trials[position]
     runner_up = max(t.best_score_seen for t in outcome.trials)
+    done = [t.tokens_full for t in outcome.trials[:position] if not t.pruned]
     return {"study": outcome.study, "seed": outcome.seed, "curve_id": winner.curve_id,
             "winner_position": position, "n_pruned": outcome.n_pruned,
+            "winner_length_vs_longest_completed": winner.tokens_full / max(done) if done else None,
             "fraction_seen": winner.tokens_used / winner.tokens_full if winner.tokens_full else 0.0,
             "points_seen": winner.n_seen, "points_total": winner.n_points,
             "winner_gain_after_pruning_points": float(to_points(winner.best_score_full
                                                                 - winner.best_score_seen)),
             "regret_points": outcome.regret_points,
-            "delivered_vs_winner_seen_points": float(to_points(runner_up - winner.best_score_seen))}
+            "winner_stop_gain_points": winner.stop_gain_points,
+            "winner_behind_delivered_when_pruned_points": float(to_points(runner_up - winner.best_score_seen))}
+
+
+def _longer(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cases whose winner ran longer than every trial completed before it (``budget="auto"``
+    then judged it against too short a budget), and their share of the regret."""
+    longer = [c for c in cases if (c["winner_length_vs_longest_completed"] or 0.0) > 1.0]
+    total = sum(c["regret_points"] for c in cases)
+    return {"n": len(longer),
+            "share_of_regret": sum(c["regret_points"] for c in longer) / total if total else None}
 
 
 def _counts(values: Sequence[int]) -> dict[str, int]:
