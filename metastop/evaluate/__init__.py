@@ -7,7 +7,9 @@ their hulls, paired A/B comparisons with bootstrap intervals, the standard suite
 Modules, lowest first: ``common`` (shared helpers), ``outcomes`` (outcomes, reports, replay,
 backtest, the oracle), ``frontiers`` (sweeps and their hulls), ``ab`` (paired comparisons),
 ``quality`` (prediction error), ``contract`` (DESIGN.md's backtest JSON), ``suite`` (the named
-policies and the standard suite), ``analysis`` (per-curve analysis), ``plotting``.
+policies and the standard suite), ``contexts`` (leave-one-run-out task memory for replays),
+``analysis`` (per-curve analysis), ``runs`` (whole multi-task runs), ``sweeps`` (studies
+replayed through Optuna's pruners and metastop's), ``plotting``.
 
 Example:
     >>> from metastop.evaluate import backtest  # doctest: +SKIP
