@@ -4,6 +4,8 @@ LCDB mapping, many sources, and the ``metastop ingest`` command."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,7 @@ def test_a_real_trainer_run_reads_back(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(FIXTURES))
     import make_fixtures
 
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tiny" / "runs"))  # restored after
     state_path = make_fixtures.train(tmp_path / "tiny")
     curve = read_curves(state_path)[0]
     assert len(curve) == make_fixtures.MAX_STEPS // make_fixtures.EVAL_STEPS
@@ -496,3 +499,233 @@ def test_mlflow_single_metric_export_is_read_as_a_wide_table(tmp_path):
     assert curve.metric == "exact_match" and curve.curve_id == "eval_exact_match/eval_exact_match"
     assert curve.tokens.tolist() == [1000.0, 2000.0, 3000.0]
     assert curve.values.tolist() == [0.1, 0.25, 0.3]
+
+
+# --- what is not a learning curve is refused, naming the row (the adversary's reproductions) -----
+def long_table(rows: list[tuple], **columns) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["curve_id", "tokens", "value"])
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    {".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path, index=False),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[path.suffix]()
+    return path
+
+
+EM_ROWS = [("a", 1.0, 0.1), ("a", 2.0, 0.2), ("a", 3.0, 0.3), ("a", 4.0, 0.4)]
+
+
+@pytest.mark.parametrize("value, rule", [
+    (-0.2, r"value must be >= 0 for a share of examples \(0-1 or 0-100\), got -0.2"),
+    (101.0, r"value must be <= 100 for a share of examples"),
+    (1e308, r"value must be <= 100 for a share of examples .*got 1e\+308"),
+    (50.0, r"value 50.0 is above 1 while most of the curve's values lie within \(0, 1\]"),
+])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_share_of_examples_out_of_its_range_is_refused_naming_the_row(tmp_path, suffix, value,
+                                                                        rule):
+    rows = EM_ROWS[:2] + [("a", 3.0, value)] + EM_ROWS[3:]
+    path = write(long_table(rows, metric="accuracy"), tmp_path / f"t{suffix}")
+    with pytest.raises(CurveError, match=rf"t{suffix}, curve 'a', row 2: metric 'accuracy': {rule}"):
+        read_curves(path)
+
+
+def test_a_metric_declared_unbounded_may_leave_the_range(tmp_path):
+    rows = [("a", 1.0, -0.3), ("a", 2.0, 0.2), ("a", 3.0, 150.0)]
+    path = write(long_table(rows, metric="acc_delta", bounded=False), tmp_path / "t.parquet")
+    (curve,) = read_curves(path)
+    assert curve.meta["bounded"] is False
+    assert curve.score_range() == (-np.inf, np.inf)
+    with pytest.raises(CurveError, match="metric 'acc_delta'"):
+        read_curves(write(long_table(rows, metric="acc_delta"), tmp_path / "u.parquet"))
+
+
+def test_log_readers_refuse_out_of_range_shares_too(tmp_path):
+    def negative(state):
+        state["log_history"][eval_rows(state)[1]]["eval_exact_match"] = -5.0
+    with pytest.raises(CurveError, match=r"row \d+: metric 'eval_exact_match': value must be >= 0"):
+        read_curves(trainer_state(tmp_path, negative))
+    with pytest.raises(CurveError, match=r"value must be in \[0, 1\] on the stated scale=1, got"):
+        read_curves(TRAINER_STATE, scale=1)
+    wide = tmp_path / "w.csv"
+    wide.write_text("step,eval/accuracy\n1,0.1\n2,0.2\n3,50\n4,0.3\n")
+    with pytest.raises(CurveError, match=r"w.csv, curve 'w/eval/accuracy', row 2: metric "
+                                         r"'eval/accuracy': value 50.0 is above 1"):
+        read_curves(wide, tokens_per_step=10)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])  # Parquet: see the whole-column test
+@pytest.mark.parametrize("column", ["value", "tokens"])
+def test_true_false_is_not_a_number(tmp_path, suffix, column):
+    frame = long_table(EM_ROWS)
+    frame[column] = frame[column].astype(object)
+    frame.loc[1, column] = True
+    path = write(frame, tmp_path / f"t{suffix}")
+    with pytest.raises(CurveError, match=rf"curve 'a', row 1: {column} must be a number, got "
+                                         rf"(True|'True') ?(\(true/false is not a measurement\))?"):
+        read_curves(path)
+
+
+def test_a_whole_true_false_column_is_not_a_curve(tmp_path):
+    frame = long_table(EM_ROWS)
+    frame["value"] = [True, False, True, True]
+    for suffix in (".parquet", ".jsonl", ".csv"):
+        with pytest.raises(CurveError, match=r"row 0: value must be a number, got True \(true/"):
+            read_curves(write(frame, tmp_path / f"t{suffix}"))
+    wide = tmp_path / "w.csv"
+    wide.write_text("step,eval/accuracy\n1,True\n2,False\n")
+    with pytest.raises(CurveError, match=r"row 0: value must be a number, got True"):
+        read_curves(wide, tokens_per_step=1)
+
+
+def test_dates_are_not_token_counts(tmp_path):
+    frame = long_table(EM_ROWS)
+    frame["tokens"] = pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"])
+    with pytest.raises(CurveError, match=r"row 0: tokens must be a number, got Timestamp"
+                                         r"\('2024-01-01 00:00:00'\) \(a date or duration is not "
+                                         r"a count\)"):
+        read_curves(write(frame, tmp_path / "t.parquet"))
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_an_empty_curve_id_is_refused(tmp_path, blank):
+    rows = EM_ROWS[:2] + [(blank, 1.0, 0.1)]
+    with pytest.raises(CurveError, match=rf"t.parquet, row 2: curve_id must not be empty"):
+        read_curves(write(long_table(rows), tmp_path / "t.parquet"))
+
+
+def test_a_direction_that_changes_within_a_curve_is_refused(tmp_path):
+    path = write(long_table(EM_ROWS, direction=["maximize", "maximize", "minimize", None]),
+                 tmp_path / "t.csv")
+    with pytest.raises(CurveError, match=r"curve 'a', row 2: direction must be the same on every "
+                                         r"row of a curve, got 'maximize' then 'minimize'"):
+        read_curves(path)
+    same = write(long_table(EM_ROWS, direction=[None, "Minimize", "minimize", None]),
+                 tmp_path / "u.csv")
+    assert read_curves(same)[0].direction == "minimize"  # a blank cell takes the curve's
+
+
+def test_a_budget_that_is_not_a_number_is_refused(tmp_path):
+    path = write(long_table(EM_ROWS, budget=["ten", "ten", "ten", "ten"]), tmp_path / "t.csv")
+    with pytest.raises(CurveError, match=r"curve 'a', row 0: budget must be a number, got 'ten'"):
+        read_curves(path)
+    missing = write(long_table(EM_ROWS, budget=[None] * 4), tmp_path / "u.csv")
+    assert read_curves(missing)[0].budget == 4.0  # no budget: the last tokens, as before
+
+
+def test_metadata_of_mixed_kinds_is_stored_as_text_and_said(tmp_path, caplog):
+    rows = EM_ROWS + [("b", 1.0, 0.1), ("b", 2.0, 0.3)]
+    path = write(long_table(rows, seed=[1, 1, 1, 1, "x", "x"]), tmp_path / "t.jsonl")
+    curves = read_curves(path)
+    assert [c.meta["seed"] for c in curves] == ["1", "x"]
+    [note] = curves.warnings
+    assert "t.jsonl: metadata column 'seed' holds number and text values; stored as text" in note
+    assert note in caplog.text
+    back = read_curves(curves.write(tmp_path / "out.parquet"))
+    assert [c.meta["seed"] for c in back] == ["1", "x"]
+    result = read_sources([path])
+    assert result.sources[0].warnings == (note,) and result.to_dict()["warnings"] == [note]
+
+
+def test_metadata_nested_deep_is_kept_as_json_text_that_reads_back(tmp_path):
+    nested: dict = {"lr": 0.1}
+    for _ in range(500):
+        nested = {"x": nested}
+    lines = [json.dumps({"curve_id": "a", "tokens": t, "value": 0.1 * t, "config": nested})
+             for t in (1, 2, 3)]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines))
+    (curve,) = read_curves(tmp_path / "t.jsonl")
+    assert json.loads(curve.meta["config"]) == nested
+    back = read_curves(read_curves(tmp_path / "t.jsonl").write(tmp_path / "out.parquet"))
+    assert back[0].meta["config"] == curve.meta["config"]
+    assert CliRunner().invoke(main, ["analyze", str(tmp_path / "out.parquet")]).exit_code == 0
+
+
+def test_invalid_utf8_in_a_parquet_text_column_is_a_read_error(tmp_path):
+    path = write(long_table(EM_ROWS, task=["tttt"] * 4), tmp_path / "t.parquet")
+    data = path.read_bytes().replace(b"tttt", b"t\xfftt")
+    path.write_bytes(data)
+    with pytest.raises(ReadError, match=r"t.parquet: column 'task' holds text that is not valid "
+                                        r"UTF-8"):
+        read_curves(path)
+
+
+@pytest.mark.parametrize("token", ["NaN", "None", "N/A", "null", "nan"])
+def test_wide_cells_holding_nan_none_na_are_counted_and_said(tmp_path, caplog, token):
+    path = tmp_path / "export.csv"
+    path.write_text(f"step,eval/exact_match,eval/loss\n1,0.1,3\n2,{token},2.5\n3,0.3,\n"
+                    f"4,{token},2\n")
+    curves = read_curves(path, tokens_per_step=10)
+    assert len(curves["export/eval/exact_match"]) == 2 and len(curves["export/eval/loss"]) == 3
+    [note] = curves.warnings
+    assert note == (f"file {path}: column 'eval/exact_match': skipped 2 cell(s) holding "
+                    f"NaN/None/N/A instead of a number (first at row 1)")
+    assert note in caplog.text
+    summary = read_sources([path], tokens_per_step=10).sources[0]
+    assert summary.warnings == (note,)
+
+
+def test_mlflow_and_parquet_nan_cells_are_counted_too(tmp_path):
+    mlflow = tmp_path / "eval_accuracy.csv"
+    mlflow.write_text("step,value,timestamp\n1,0.1,1\n2,NaN,2\n3,0.3,3\n")
+    [note] = read_curves(mlflow, tokens_per_step=1).warnings
+    assert "column 'eval_accuracy': skipped 1 cell(s)" in note
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"step": [1, 2, 3, 4],
+                      "eval/em": pa.array([0.1, float("nan"), None, 0.4], from_pandas=False)})
+    pq.write_table(table, tmp_path / "w.parquet")
+    [note] = read_curves(tmp_path / "w.parquet", tokens_per_step=1).warnings
+    assert "column 'eval/em': skipped 1 cell(s)" in note  # the NaN, not the null
+    lines = ['{"step": %d, "eval/em": %s}' % (i, v) for i, v in enumerate(["0.1", "NaN", "null"])]
+    (tmp_path / "w.jsonl").write_text("\n".join(lines))
+    [note] = read_curves(tmp_path / "w.jsonl", tokens_per_step=1).warnings
+    assert "column 'eval/em': skipped 1 cell(s)" in note
+
+
+def test_a_flipped_byte_in_an_event_file_is_said_with_its_offset(tmp_path):
+    logdir = write_events(tmp_path / "run", {"eval/exact_match": EM_POINTS})
+    event_file = next(logdir.iterdir())
+    whole = event_file.read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) * 2 // 3] ^= 0x10
+    event_file.write_bytes(bytes(flipped))
+    curves = read_curves(logdir, tokens_per_step=1)
+    assert len(curves[0]) < len(EM_POINTS)
+    [note] = curves.warnings
+    assert re.search(rf"{event_file}: damaged at byte \d+ of {len(whole)} \(the (data|length) of "
+                     rf"record \d+ fails its CRC32C check\); only the records before it were read",
+                     note)
+    event_file.write_bytes(whole[:-7])
+    assert "is cut short" in read_curves(logdir, tokens_per_step=1).warnings[0]
+    event_file.write_bytes(whole)
+    assert read_curves(logdir, tokens_per_step=1).warnings == []
+
+
+def test_a_complex_tensorboard_tensor_is_refused_naming_the_tag(tmp_path):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
+
+    writer = EventFileWriter(str(tmp_path / "run"))
+    for step in (1, 2):
+        value = summary_pb2.Summary.Value(tag="eval/exact_match",
+                                          tensor=tensor_util.make_tensor_proto(np.complex64(1j)))
+        writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[value])))
+    writer.close()
+    with pytest.raises(CurveError, match=r"tag 'eval/exact_match' holds a complex value \(1j\) "
+                                         r"at step 1; a learning curve needs real numbers"):
+        read_curves(tmp_path / "run", tokens_per_step=1)
+
+
+def test_event_files_without_the_tensorboard_extra_give_an_install_hint(monkeypatch):
+    for name in ("google.protobuf.message", "tensorboard.backend.event_processing.event_accumulator"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ReadError, match=r"needs the tensorboard extra: pip install "
+                                        r"'metastop\[tensorboard\]'"):
+        read_curves(TRAINER_EVENTS)

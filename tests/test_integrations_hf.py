@@ -219,6 +219,7 @@ def test_bound_to_the_trainer_decisions_reach_tensorboard_mlflow_and_the_decisio
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, under tmp_path
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "out" / "runs"))  # no leftover
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     mlflow.set_experiment("metastop-hf")
     log = tmp_path / "decisions.jsonl"
