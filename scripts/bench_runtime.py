@@ -14,10 +14,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from metastop.ingest import read_curves
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_P99_MS = 5.0
+HISTORY_RUNS = 50
 TARGET_REPLAY_S = 60.0
 
 
@@ -68,6 +71,23 @@ def observe_latencies(curves, make_controller) -> np.ndarray:
     return np.asarray(times)
 
 
+def with_history(picked: list, pool: list, rng: np.random.Generator, folder: Path) -> tuple:
+    """The picked curves as runs of one task, and a SQLite history of ``HISTORY_RUNS`` other
+    curves of that task (the controller reads it once per run, at its first decision)."""
+    from metastop.curves.history import HistoryStore
+
+    accuracies = [c for c in pool if c.metric == "acc"]  # one metric, so every sibling counts
+    order = rng.permutation(len(accuracies))
+    picked = [accuracies[i] for i in order[:len(picked)]]
+    others = [accuracies[i] for i in order[len(picked):]]
+    siblings = [others[i] for i in rng.choice(len(others), size=HISTORY_RUNS, replace=False)]
+    url = f"sqlite:///{folder / 'history.db'}"
+    as_task = lambda c, run: dataclasses.replace(c, task="bench", run_id=run)  # noqa: E731
+    with HistoryStore(url) as store:
+        store.add([as_task(c, f"past-{i}") for i, c in enumerate(siblings)])
+    return [as_task(c, f"now-{i}") for i, c in enumerate(picked)], url
+
+
 def summary(name: str, seconds: np.ndarray) -> dict:
     ms = seconds * 1e3
     return {"name": name, "n_observations": int(len(ms)), "p50_ms": float(np.percentile(ms, 50)),
@@ -85,6 +105,13 @@ def main() -> int:
     patience = lambda c: StopController(policy=Patience(5), budget=c.budget)  # noqa: E731
     rows = [summary("metastop (CostAware, default model)", observe_latencies(picked, default)),
             summary("patience(5)", observe_latencies(picked, patience))]
+    with tempfile.TemporaryDirectory() as folder:
+        remembered, url = with_history(picked, curves, rng, Path(folder))
+        memory = lambda c: StopController(predictor=predictor, budget=c.budget,  # noqa: E731
+                                          curve_id=c.curve_id, task=c.task, metric=c.metric,
+                                          run_id=c.run_id, history=url)
+        rows.insert(1, summary(f"metastop with a {HISTORY_RUNS}-run history",
+                               observe_latencies(remembered, memory)))
     report = {"curves": args.curves, "n_curves": len(picked), "target_p99_ms": TARGET_P99_MS,
               "policy": {"price": DEFAULT_PRICE.to_dict(), "risk": DEFAULT_RISK},
               "observe": rows, "python": platform.python_version(), "machine": platform.machine(),
@@ -102,9 +129,11 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report, path)
-    met = rows[0]["p99_ms"] <= TARGET_P99_MS
-    print(f"{'MET ' if met else 'MISS'} observe() p99 {rows[0]['p99_ms']:.2f} ms, target <= "
-          f"{TARGET_P99_MS} ms")
+    for row in rows[:2]:
+        ok = row["p99_ms"] <= TARGET_P99_MS
+        print(f"{'MET ' if ok else 'MISS'} {row['name']}: observe() p99 {row['p99_ms']:.2f} ms, "
+              f"target <= {TARGET_P99_MS} ms")
+    met = all(row["p99_ms"] <= TARGET_P99_MS for row in rows[:2])
     return 1 if args.check and not met else 0
 
 
