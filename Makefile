@@ -37,6 +37,8 @@ bench: $(STAMP_DEV)
 	$(BIN)/python scripts/bench_predictor.py
 	$(BIN)/python scripts/bench_runtime.py
 	$(BIN)/python scripts/bench_stopping.py
+	$(BIN)/python scripts/bench_sweeps.py
+	$(BIN)/python scripts/bench_multitask.py
 
 clean-venv:
 	rm -rf $(VENV)
