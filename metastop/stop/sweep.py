@@ -9,7 +9,9 @@ one trial:
 - the trial that leads the study (its best beats every finished trial's) is never stopped;
 - otherwise the policy judges the gain over the study's best (``with_incumbent``), with the
   finished trials as context (``with_context``: they are the task's history);
-- before ``n_startup`` trials have finished, nothing is stopped.
+- before ``n_startup`` trials have finished, nothing is stopped, nor before a trial has seen
+  ``min_fraction`` of its budget (0.25 by default, later than a lone run's 0.1: a pruned
+  trial loses its whole result, and the winners of a sweep are often late risers).
 
 ``Study`` is what the adapter knows of the study, updated before each decision. The Optuna
 pruner and the Ray Tune stopper both use these.
@@ -28,7 +30,12 @@ from ..curves import DIRECTIONS, MAXIMIZE, Curve
 from ..errors import ParameterError
 from ..predict.context import Context
 from .decision import Decision, Reason
+from .guards import warming_up
 from .policies import StoppingPolicy, with_context
+
+
+SWEEP_MIN_FRACTION = 0.25
+"""A sweep's trials are not stopped before a quarter of their budget (see the module text)."""
 
 
 class Study:
@@ -37,14 +44,18 @@ class Study:
     Args:
         direction: ``maximize`` or ``minimize`` (the study's).
         n_startup: finished trials needed before any trial is stopped.
+        min_fraction: share of its budget a trial sees before it may be stopped.
     """
 
-    def __init__(self, *, direction: str = MAXIMIZE, n_startup: int = 1):
+    def __init__(self, *, direction: str = MAXIMIZE, n_startup: int = 1,
+                 min_fraction: float = SWEEP_MIN_FRACTION):
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got {direction=}")
         if isinstance(n_startup, bool) or not isinstance(n_startup, int) or n_startup < 0:
             raise ParameterError(f"n_startup must be an integer >= 0, but got {n_startup=}")
-        self.direction, self.n_startup = direction, n_startup
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ParameterError(f"min_fraction must be in [0, 1], but got {min_fraction=}")
+        self.direction, self.n_startup, self.min_fraction = direction, n_startup, min_fraction
         self.finished: dict[str, Curve] = {}
 
     def finish(self, curve: Curve) -> None:
@@ -101,6 +112,9 @@ class StudyAware(StoppingPolicy):
         if len(self.study.finished) < self.study.n_startup:
             return self._continue(curve, f"startup: {len(self.study.finished)} of "
                                          f"{self.study.n_startup} trials finished")
+        early = warming_up(curve, min_fraction=self.study.min_fraction, policy=self.name)
+        if early is not None:
+            return early
         if self.study.leads(curve):
             return self._continue(curve, f"continue: best {curve.best:.4g} leads the study "
                                          f"(finished trials' best {self.study.incumbent})")
