@@ -64,6 +64,7 @@ def test_bench_runtime_writes_observe_latency(tmp_path):
     run("scripts/bench_runtime.py", "--n-curves", "3", "--replay-curves", "20", "--json", str(out))
     data = json.loads(out.read_text())
     assert [row["name"] for row in data["observe"]] == ["metastop (CostAware, default model)",
+                                                        "metastop with a 50-run history",
                                                         "patience(5)"]
     assert all(row["n_observations"] > 0 and row["p99_ms"] > 0 for row in data["observe"])
     assert data["replay"]["n_curves"] == 20
