@@ -266,7 +266,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=150)
+    console = Console(width=170)
     table = Table(title="bench_stopping: held-out curves, keep-best (points = 0.01 of the metric)")
     for column in ("corpus", "curves", "policy", "savings %", "loss mean pt", "loss p95 pt",
                    "oracle gain share"):
@@ -306,11 +306,12 @@ def print_task_memory(console: Any, results: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="task memory: metastop at the default settings, and its frontier's "
-                        "share of the oracle's savings at a mean loss of 0.5 pt")
+                        "share of the oracle's savings at a mean loss of 0.5 pt (loo = "
+                        "leave-one-run-out siblings)")
     for column in ("corpus", "variant", "context", "savings %", "loss mean pt", "loss p95 pt",
                    "beats patience-5", "frontier savings at 0.5 pt", "oracle's", "share",
                    "MAE@0.25"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "variant")
     for corpus, data in results.items():
         memory = data["task_memory"]
         p5 = memory["patience5"]
@@ -321,7 +322,8 @@ def print_task_memory(console: Any, results: dict[str, dict[str, Any]]) -> None:
         for i, (name, v) in enumerate(items):
             d, share = v["default"], v["share_at_0.5pt"]
             mae = (v["prediction"] or {}).get("mae_at", {}).get("0.25")
-            table.add_row(corpus, name, v["context"], f"{100 * d['token_savings_mean']:.1f}",
+            table.add_row(corpus, name, "loo" if v["context"] == "leave-one-run-out" else v["context"],
+                          f"{100 * d['token_savings_mean']:.1f}",
                           f"{to_points(d['em_loss_mean']):.2f}", f"{to_points(d['em_loss_p95']):.2f}",
                           "yes" if v["saves_more_than_patience5_with_less_loss"] else "no",
                           _pct(share["token_savings_mean"]), _pct(share["oracle_token_savings_mean"]),
