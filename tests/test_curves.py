@@ -10,6 +10,9 @@ import pandas as pd
 import pytest
 
 from metastop.curves import Curve, CurveSet, atomic_path
+from metastop.curves.curveset import cell_rule, numeric_cells
+from metastop.curves.schema import (bounded_breaks, bounded_message, bounded_rule,
+                                    declared_unbounded)
 from metastop.errors import CurveError, ParameterError
 from metastop.ingest import read_curves
 
@@ -250,3 +253,82 @@ def test_table_with_some_metric_names_missing_round_trips(tmp_path):
 def test_score_range_is_the_metric_range_in_score_orientation(metric, direction, values, expected):
     curve = Curve("c", [1.0, 2.0], values, direction=direction, metric=metric)
     assert curve.score_range() == expected
+
+
+# --- cells that are not numbers, shares of examples, metadata kinds ---------------------------
+@pytest.mark.parametrize("values, expected", [
+    ([0.1, 0.2, 50.0, 0.3], [0, 0, 3, 0]),            # a 50 among values on 0-1
+    ([0.5, 3.0, 40.0], [0, 0, 0]),                    # a 0-100 curve starting below 1
+    ([0.0, 0.2, 0.5, 0.9, 30.0, 95.0, 99.0], [0] * 7),  # grokking on 0-100
+    ([0.1, 0.2, 0.3, 0.6, 5.0], [0] * 5),             # too close to tell: left alone
+    ([-0.1, 0.5], [1, 0]), ([20.0, 1e308], [0, 2]), ([np.nan, 0.5], [0, 0]),
+])
+def test_bounded_breaks_names_each_point_a_share_cannot_take(values, expected):
+    assert bounded_breaks(np.array(values)).tolist() == expected
+
+
+def test_bounded_breaks_judges_each_curve_on_its_own():
+    values = np.array([0.1, 0.2, 50.0, 10.0, 20.0, 50.0])
+    assert bounded_breaks(values, [0, 3]).tolist() == [0, 0, 3, 0, 0, 0]
+    assert bounded_rule(values[:3]) == (2, bounded_message(3, 50.0))
+    assert bounded_rule(np.array([])) is None
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"bounded": False}, True), ({"bounded": "false"}, True), ({"bounded": " No "}, True),
+    ({"bounded": 0}, True), ({"bounded": True}, False), ({"bounded": "yes"}, False),
+    ({"bounded": float("nan")}, False), ({}, False),
+])
+def test_declared_unbounded(meta, expected):
+    assert declared_unbounded(meta) is expected
+
+
+def test_a_declared_unbounded_curve_has_no_range_from_its_name():
+    bounded = Curve("c", [1.0, 2.0], [0.2, 0.7], metric="acc")
+    unbounded = Curve("d", [1.0, 2.0], [-0.2, 0.7], metric="acc", meta={"bounded": False})
+    assert bounded.score_range() == (0.0, 1.0)
+    assert unbounded.score_range() == (-np.inf, np.inf)
+
+
+@pytest.mark.parametrize("cells, bad", [
+    (pd.Series([1, "2", None, "x"], dtype=object), [False, False, False, True]),
+    (pd.Series([1.0, True, np.bool_(False)], dtype=object), [False, True, True]),
+    (pd.Series([True, False]), [True, True]),
+    (pd.Series(pd.to_datetime(["2024-01-01", None])), [True, False]),
+    (pd.Series([pd.Timestamp("2024-01-01"), 3.0], dtype=object), [True, False]),
+    (pd.Series([1 + 2j, 3.0], dtype=object), [True, False]),
+    (pd.Series([[1], {"a": 1}, 2.0], dtype=object), [True, True, False]),
+    (pd.Series([1.5, None], dtype="Float64"), [False, False]),
+])
+def test_numeric_cells_flags_what_is_not_a_number(cells, bad):
+    numbers, flagged = numeric_cells(cells)
+    assert flagged.tolist() == bad
+    assert np.isnan(numbers[flagged]).all() and numbers.flags.writeable
+
+
+def test_cell_rule_says_what_the_cell_holds_instead():
+    assert cell_rule("value", np.True_) == ("value must be a number, got True (true/false is "
+                                            "not a measurement)")
+    assert cell_rule("tokens", pd.Timestamp("2024-01-01")).endswith("(a date or duration is not a count)")
+    assert cell_rule("value", "abc") == "value must be a number, got 'abc'"
+
+
+def test_metadata_of_mixed_kinds_or_nested_writes_as_text(tmp_path, caplog):
+    curves = CurveSet([Curve("a", [1, 2], [0.1, 0.2], meta={"seed": 3, "cfg": {"lr": 0.1}}),
+                       Curve("b", [1, 2], [0.1, 0.3], meta={"seed": "x", "cfg": [1, 2]})])
+    back = read_curves(curves.write(tmp_path / "c.parquet"))
+    assert [c.meta["seed"] for c in back] == ["3", "x"]
+    assert [c.meta["cfg"] for c in back] == ['{"lr": 0.1}', "[1, 2]"]
+    assert "metadata column 'seed' holds number and text values; written as text" in caplog.text
+    numbers = CurveSet([Curve("a", [1], [0.1], meta={"seed": 3}),
+                        Curve("b", [1], [0.1], meta={"seed": 4.5})])
+    assert [c.meta["seed"] for c in read_curves(numbers.write(tmp_path / "n.parquet"))] == [3, 4.5]
+
+
+def test_from_frame_keeps_what_readers_said_in_warnings():
+    frame = pd.DataFrame({"curve_id": ["a", "a", "b"], "tokens": [1.0, 2.0, 1.0],
+                          "value": [0.1, 0.2, 0.3], "seed": pd.Series([1, 1, "x"], dtype=object)})
+    curves = CurveSet.from_frame(frame, source="f.jsonl")
+    assert curves.warnings == ["file f.jsonl: metadata column 'seed' holds number and text "
+                               "values; stored as text"]
+    assert CurveSet(list(curves)).warnings == []

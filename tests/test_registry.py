@@ -229,3 +229,122 @@ def test_predictor_load_serves_the_registry_champion(registry, saved_models, mon
     assert Predictor.load().get_params()["random_state"] == 1
     registry.rollback()
     assert Predictor.load().get_params()["random_state"] == 0
+
+
+# --- files the registry did not make: links, folders, bytes, leftovers --------------------------
+@pytest.fixture()
+def outside(tmp_path) -> Path:
+    """A file outside the registry that no registry operation may touch."""
+    path = tmp_path / "outside.txt"
+    path.write_text("precious\n")
+    return path
+
+
+@pytest.mark.parametrize("name", [".lock", "history.jsonl"])
+def test_symlinked_lock_or_history_is_refused_and_never_written_through(registry, saved_models,
+                                                                         outside, name):
+    registry.add(saved_models[1], name="v2")
+    (registry.root / name).unlink(missing_ok=True)
+    os.symlink(outside, registry.root / name)
+    with pytest.raises(ModelError, match=rf"{name}: is a symbolic link; the registry never "
+                                         rf"writes through one"):
+        registry.promote("v2")
+    assert outside.read_text() == "precious\n"
+    assert registry.champion_name() == "default"  # refused before the pointer moved
+    (registry.root / name).unlink()
+    registry.promote("v2")
+    assert registry.champion_name() == "v2"
+
+
+def test_symlinked_history_is_refused_when_read(registry, outside):
+    os.symlink(outside, registry.root / "history.jsonl")
+    with pytest.raises(ModelError, match="history.jsonl: is a symbolic link"):
+        registry.history()
+
+
+@pytest.mark.parametrize("content", ["folder", b"\xff\xfe\x00garbage", "link", b'{"champion": 5}',
+                                     b'{"champion": "default", "previous": 7}', b"{[" * 3000])
+def test_any_content_of_current_is_a_model_error_and_models_still_lists(
+        registry, saved_models, outside, monkeypatch, content):
+    registry.add(saved_models[1], name="v2")
+    pointer = registry.root / "current"
+    if content == "folder":
+        pointer.mkdir()
+    elif content == "link":
+        os.symlink(outside, pointer)
+    else:
+        pointer.write_bytes(content)
+    for call in (registry.champion_name, registry.champion, lambda: registry.promote("v2"),
+                 registry.rollback):
+        with pytest.raises(ModelError, match=rf"{pointer}: .*"):
+            call()
+    monkeypatch.setenv("METASTOP_MODELS", str(registry.root))
+    with pytest.raises(ModelError, match=str(pointer)):
+        Predictor.load()
+    assert [v.name for v in registry.versions()] == ["default", "v2"]
+    assert not any(v.champion for v in registry.versions())
+    assert str(pointer) in registry.pointer_problem()
+    assert outside.read_text() == "precious\n"
+
+
+def test_current_as_a_folder_says_what_to_do_and_the_commands_fail_cleanly(registry, tmp_path):
+    from click.testing import CliRunner
+
+    from metastop.cli.main import main
+
+    (registry.root / "current").mkdir()
+    with pytest.raises(ModelError, match=r"current: is not a plain file \(the champion pointer\); "
+                                         r"remove .*current \(the champion is then 'default'\)"):
+        registry.champion()
+    runner = CliRunner()
+    listing = runner.invoke(main, ["models", "--root", str(registry.root)])
+    assert listing.exit_code == 0 and "default" in listing.output
+    curves = tmp_path / "c.csv"
+    curves.write_text("curve_id,tokens,value\na,1,0.1\na,2,0.2\na,3,0.3\n")
+    for args in (["models", "--root", str(registry.root), "promote", "default"],
+                 ["predict", str(curves), "--at-fraction", "0.5"]):
+        result = runner.invoke(main, args, env={"METASTOP_MODELS": str(registry.root)})
+        assert result.exit_code == 1 and "current" in result.output, result.output
+        assert not isinstance(result.exception, (OSError, UnicodeDecodeError, AttributeError))
+
+
+def test_a_version_folder_linked_from_outside_is_refused(registry, saved_models, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(saved_models[1], elsewhere)
+    os.symlink(elsewhere, registry.root / "linked")
+    with pytest.raises(ModelError, match=r"linked: version 'linked' is a symbolic link"):
+        registry.promote("linked")
+    assert registry.champion_name() == "default"
+    [problem] = [v.problem for v in registry.versions() if v.name == "linked"]
+    assert "symbolic link" in problem
+    (registry.root / "current").write_text('{"champion": "linked", "previous": []}')
+    with pytest.raises(ModelError, match=r"the champion is a symbolic link"):
+        registry.champion()
+
+
+def test_a_model_folder_holding_links_is_not_added(registry, saved_models, tmp_path, outside):
+    source = tmp_path / "source"
+    shutil.copytree(saved_models[1], source)
+    os.symlink(outside, source / "notes.txt")
+    with pytest.raises(ModelError, match=r"notes.txt: is a symbolic link; a model folder added"):
+        registry.add(source)
+    assert registry.names() == ["default"]
+
+
+@pytest.mark.parametrize("write", ["add", "promote", "rollback", "clean"])
+def test_leftovers_of_killed_writers_are_cleaned_by_the_next_write(registry, saved_models,
+                                                                   tmp_path, write):
+    registry.promote(registry.add(saved_models[1], name="v2"))
+    outside_dir = tmp_path / "keep"
+    outside_dir.mkdir()
+    (outside_dir / "file").write_text("x")
+    (registry.root / ".add-v3-abc123").mkdir()
+    (registry.root / ".add-v3-abc123" / "manifest.json").write_text("{}")
+    (registry.root / ".current.x1y2.tmp").write_text("{}")
+    os.symlink(outside_dir, registry.root / ".add-link-1")
+    actions = {"add": lambda: registry.add(saved_models[0], name="v3"),
+               "promote": lambda: registry.promote("default"),
+               "rollback": registry.rollback, "clean": registry.clean}
+    actions[write]()
+    assert not [p.name for p in registry.root.iterdir() if p.name.startswith((".add-", ".current."))]
+    assert (outside_dir / "file").read_text() == "x"  # a link is removed, never its target

@@ -40,7 +40,7 @@ def numeric_cells(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     dtype = raw.dtype
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype) or \
             pd.api.types.is_timedelta64_dtype(dtype) or pd.api.types.is_complex_dtype(dtype):
-        return np.full(len(raw), np.nan), raw.notna().to_numpy(dtype=bool)
+        return np.full(len(raw), np.nan), np.array(raw.notna(), dtype=bool)
     odd = np.zeros(len(raw), dtype=bool)
     if dtype == object:
         odd = raw.map(lambda v: isinstance(v, _NOT_NUMBERS + _CONTAINERS)).to_numpy(dtype=bool)
@@ -48,12 +48,13 @@ def numeric_cells(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     else:
         raw_numbers = raw
     numbers = pd.to_numeric(raw_numbers, errors="coerce")
-    bad = odd | (numbers.isna() & raw.notna()).to_numpy(dtype=bool)
-    return numbers.to_numpy(dtype=np.float64, na_value=np.nan), bad
+    bad = odd | np.array(numbers.isna() & raw.notna(), dtype=bool)
+    return np.array(numbers, dtype=np.float64), bad
 
 
 def cell_rule(column: str, value: Any) -> str:
     """The rule a non-number cell of ``column`` breaks, saying what it holds instead."""
+    value = value.item() if isinstance(value, np.generic) else value
     kind = ("true/false is not a measurement" if isinstance(value, (bool, np.bool_)) else
             "a date or duration is not a count" if isinstance(value, _TIMES) else
             "a complex number" if isinstance(value, (complex, np.complexfloating)) else None)
@@ -231,9 +232,10 @@ def _as_texts(column: pd.Series) -> pd.Series:
         if not isinstance(value, _CONTAINERS):
             return str(value)
         try:
-            return json.dumps(value, sort_keys=True, default=str)
-        except TypeError:  # keys of mixed types cannot be sorted
-            return json.dumps(value, default=str)
+            try:
+                return json.dumps(value, sort_keys=True, default=str)
+            except TypeError:  # keys of mixed types cannot be sorted
+                return json.dumps(value, default=str)
         except (RecursionError, ValueError):
             raise CurveError(f"metadata column {column.name!r} nests too deep to keep "
                              f"(even as text); flatten it") from None

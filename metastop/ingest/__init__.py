@@ -5,6 +5,11 @@ files and wide step x metric exports (W&B, MLflow), one module per format; ``lcd
 LCDB table. ``read_curves`` (in ``detect``) detects the format of one path; ``read_sources``
 reads many and reports what each gave.
 
+What is not a learning curve is refused with an error naming the file, curve, row and rule
+(``CurveSet.from_frame``); what a reader skipped or changed without refusing (NaN cells of a
+wide export, a damaged TensorBoard file, metadata kept as text) is said in
+``CurveSet.warnings`` and ``SourceSummary.warnings``.
+
 Example:
     >>> from metastop.ingest import read_curves
     >>> curves = read_curves("data/sample_curves.parquet")  # doctest: +SKIP

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..curves import MAXIMIZE, MINIMIZE, CurveSet, is_bounded_metric
+from ..curves.schema import bounded_rule
 from ..errors import CurveError, ParameterError, ReadError
 
 STEP_COLUMNS = ("step", "_step", "Step", "global_step", "trainer/global_step")
@@ -29,8 +32,7 @@ _FORMAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, Overflow
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
-    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv,
-               ".jsonl": lambda p: pd.read_json(p, lines=True)}
+    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": _read_jsonl}
     if path.suffix not in readers:
         raise ReadError(f"file {path}: tables must end in one of {sorted(readers)}")
     try:
@@ -46,12 +48,89 @@ def _read_frame(path: Path) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise ReadError(f"file {path}: holds no table")
     frame.columns = [str(c) for c in frame.columns]
+    _check_text(frame, path)
     return frame
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON lines as pandas reads them, except that ``true``/``false`` among numbers stay
+    true/false (pandas would make them 1 and 0), so that readers can refuse them."""
+    frame = pd.read_json(path, lines=True)
+    if not re.search(rb"\b(?:true|false)\b", path.read_bytes()):
+        return frame
+    raw = pd.read_json(path, lines=True, dtype=False)
+    for column in frame.columns:
+        if column in raw.columns and frame[column].dtype != object and \
+                raw[column].map(lambda v: isinstance(v, bool)).any() and \
+                not pd.api.types.is_bool_dtype(frame[column].dtype):
+            frame[column] = raw[column].astype(object)
+    return frame
+
+
+def _check_text(frame: pd.DataFrame, path: Path) -> None:
+    """Text columns backed by Arrow (Parquet) must be valid UTF-8: Arrow checks it only when
+    a value is used, which would fail far from the file."""
+    for column in frame.columns:
+        array = frame[column].array
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            array = frame[column].cat.categories.array
+        if not hasattr(array, "__arrow_array__"):
+            continue
+        try:
+            array.__arrow_array__().validate(full=True)
+        except Exception as error:  # pyarrow's own hierarchy (ArrowInvalid)
+            if not type(error).__module__.startswith("pyarrow"):
+                raise
+            raise ReadError(f"file {path}: column {column!r} holds text that is not valid "
+                            f"UTF-8 ({_short(error)})") from None
 
 
 def _short(error: BaseException, limit: int = 200) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def explicit_missing(frame: pd.DataFrame, path: Path) -> dict[str, np.ndarray]:
+    """Per column, the rows whose cell held a no-number token rather than nothing: text that
+    pandas reads as missing (``NaN``, ``None``, ``N/A``, ``null``...) in a CSV, a NaN (not a
+    null) in Parquet or JSONL. Wide readers skip such cells and say how many."""
+    readers = {".csv": _csv_tokens, ".jsonl": _jsonl_nans, ".parquet": _parquet_nans}
+    if path.suffix not in readers or not frame.isna().to_numpy().any():
+        return {}
+    try:
+        marked = readers[path.suffix](frame, path)
+    except (OSError, ValueError, RecursionError):  # it read once already: a race, not data
+        return {}
+    return {c: np.flatnonzero(rows) for c, rows in marked.items() if rows.any()}
+
+
+def _csv_tokens(frame: pd.DataFrame, path: Path) -> dict[str, np.ndarray]:
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    if raw.shape != frame.shape:
+        return {}
+    return {name: (raw.iloc[:, i].str.strip() != "").to_numpy(dtype=bool)
+            & frame.iloc[:, i].isna().to_numpy(dtype=bool) for i, name in enumerate(frame.columns)}
+
+
+def _jsonl_nans(frame: pd.DataFrame, path: Path) -> dict[str, np.ndarray]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) != len(frame) or not all(isinstance(line, dict) for line in lines):
+        return {}
+    return {name: np.array([isinstance(line.get(name), float) and math.isnan(line[name])
+                            for line in lines], dtype=bool) for name in frame.columns}
+
+
+def _parquet_nans(frame: pd.DataFrame, path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import pyarrow.types as pt
+
+    table = pq.read_table(path)
+    return {name: pc.fill_null(pc.is_nan(table.column(name)), False).to_numpy(
+                zero_copy_only=False).astype(bool)
+            for name in table.column_names
+            if name in frame.columns and pt.is_floating(table.column(name).type)
+            and len(table) == len(frame)}
 
 
 # --- shared by the log readers ----------------------------------------------------------
@@ -76,17 +155,28 @@ def _rescale(values: np.ndarray, metric: str, scale: float | None, *, source: st
     """
     if scale is not None and scale not in (1, 100):
         raise ParameterError(f"scale must be 1, 100 or None (detect), got scale={scale!r}")
-    if not is_bounded_metric(metric) or scale == 1:
+    if not is_bounded_metric(metric):
         return values, None
-    finite = np.where(np.isfinite(values), values, 0.0)
-    if scale is None and not (finite > 1.0).any():
+    found = _scale_rule(values, scale)
+    if found is not None:
+        raise CurveError(f"metric {metric!r}: {found[1]}", source=source, curve=curve,
+                         row=int(rows[found[0]]))
+    if scale == 1 or (scale is None and not (np.nan_to_num(values) > 1.0).any()):
         return values, None
-    over = np.flatnonzero(np.abs(finite) > 100.0 + 1e-9)
-    if over.size:
-        raise CurveError(f"{metric} looks like a 0-100 score but "
-                         f"{float(values[over[0]])!r} is above 100",
-                         source=source, curve=curve, row=int(rows[over[0]]))
     return values / 100.0, 100.0
+
+
+def _scale_rule(values: np.ndarray, scale: float | None) -> tuple[int, str] | None:
+    """``(index, rule)`` of the first value a share of examples cannot take on ``scale``
+    (``None``: either scale, one per curve, see ``bounded_rule``), else None."""
+    if scale is None:
+        return bounded_rule(values)
+    finite = np.where(np.isfinite(values), values, 0.0)
+    bad = (finite < 0) | (finite > scale)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return i, f"value must be in [0, {scale:g}] on the stated scale={scale:g}, got {float(values[i])!r}"
 
 
 def _tokens_from_steps(steps: np.ndarray, tokens_per_step: float | None, *, source: str,

@@ -36,7 +36,7 @@ from ._common import STEP_COLUMNS, _read_frame, _step_column
 from .long import long_table_curves, read_long_table
 from .tensorboard import EVENTS_PREFIX, _event_files, read_tensorboard
 from .trainer_state import read_trainer_state
-from .wide import _name_mlflow_metric, read_wide_table, wide_table_curves
+from .wide import _wide_frame, read_wide_table, wide_table_curves
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,9 @@ def _read(path: Path, *, on_error: str, format: str | None,
         if kind == LONG:
             return kind, long_table_curves(frame, source=str(path), on_error=on_error, **chosen)
         chosen["run_id"] = chosen.get("run_id") or path.stem
-        return kind, wide_table_curves(_name_mlflow_metric(frame, chosen.get("metric"), path),
-                                       source=str(path), on_error=on_error, **chosen)
+        named, cells = _wide_frame(frame, chosen.get("metric"), path)
+        return kind, wide_table_curves(named, source=str(path), on_error=on_error,
+                                       no_number_cells=cells, **chosen)
     kind = format or detect_format(path)
     readers = {LONG: read_long_table, TRAINER_STATE: read_trainer_state,
                TENSORBOARD: read_tensorboard, WIDE: read_wide_table}
@@ -156,7 +157,9 @@ def _applicable(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
 # --- many sources (the ``ingest`` command) ----------------------------------------------
 @dataclass(frozen=True)
 class SourceSummary:
-    """What one source file gave: its format, counts, and (with skip) what was dropped."""
+    """What one source file gave: its format, counts, (with skip) what was dropped, and
+    what the reader skipped or changed (``warnings``: NaN cells, a damaged event file,
+    metadata stored as text)."""
 
     path: str
     format: str | None
@@ -164,6 +167,7 @@ class SourceSummary:
     points: int
     metrics: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,11 +186,15 @@ class IngestResult:
     def dropped(self) -> list[str]:
         return [reason for s in self.sources for reason in s.dropped]
 
+    @property
+    def warnings(self) -> list[str]:
+        return [note for s in self.sources for note in s.warnings]
+
     def to_dict(self) -> dict[str, Any]:
         return {"n_curves": len(self.curves), "n_points": self.curves.n_points,
-                "sources": [vars(s) | {"metrics": list(s.metrics), "dropped": list(s.dropped)}
-                            for s in self.sources],
-                "dropped": self.dropped}
+                "sources": [vars(s) | {"metrics": list(s.metrics), "dropped": list(s.dropped),
+                                       "warnings": list(s.warnings)} for s in self.sources],
+                "dropped": self.dropped, "warnings": self.warnings}
 
 
 def read_sources(paths: Iterable[str | os.PathLike], *, on_error: str = "fail",
@@ -210,11 +218,13 @@ def read_sources(paths: Iterable[str | os.PathLike], *, on_error: str = "fail",
         curves += kept
         summaries.append(SourceSummary(
             str(path), kind, len(kept), sum(len(c) for c in kept),
-            tuple(sorted({c.metric or "" for c in kept})), tuple(got.dropped) + dropped))
+            tuple(sorted({c.metric or "" for c in kept})), tuple(got.dropped) + dropped,
+            tuple(got.warnings)))
     if not curves:
         raise CurveError(f"no valid curve in {len(summaries)} source(s); first problem: "
                          f"{next((d for s in summaries for d in s.dropped), 'none')}")
-    return IngestResult(CurveSet(curves), tuple(summaries))
+    notes = [note for s in summaries for note in s.warnings]
+    return IngestResult(CurveSet(curves, warnings=notes), tuple(summaries))
 
 
 def _unique(got: CurveSet, seen: set[str], path: Any, on_error: str) -> tuple[list, tuple]:

@@ -1,11 +1,18 @@
 """TensorBoard event files: scalar curves, one run per directory holding event files.
 
+Needs the ``tensorboard`` extra (``pip install 'metastop[tensorboard]'``); without it reading
+an event file is a ``ReadError`` saying so. Each file's TFRecord framing is checked first
+(``tfrecord.first_damage``): a damaged or cut-short file still gives the records before the
+damage, and ``CurveSet.warnings`` names the file and the byte offset. A tag holding complex
+numbers is refused when asked for.
+
 Example:
     >>> curves = read_tensorboard("runs/", tokens_per_step=4096)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,7 +25,11 @@ from ..curves import CurveSet
 from ..errors import CurveError, ReadError
 from ._common import (_check_tokens_per_step, _curve_frame, _each, _rescale, _run_name, _short,
                       _tokens_from_steps, _validated)
+from .tfrecord import first_damage
 
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'metastop[tensorboard]'"
 EVENTS_PREFIX = "events.out.tfevents"
 EXACT_MATCH_TAGS = ("eval/exact_match", "eval/em", "eval_exact_match", "eval_em")
 
@@ -54,11 +65,14 @@ def read_tensorboard(path: str | os.PathLike, *, on_error: str = "fail",
     runs: dict[Path, list[Path]] = {}
     for file in files:
         runs.setdefault(file.parent, []).append(file)
+    notes: list[str] = []
     parts = _each(lambda run: _tensorboard_run(
         run[0], run[1], metric=metric, tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
         scale=scale, run_id=run_id if len(runs) == 1 else None,
-        base=path if path.is_dir() else path.parent), sorted(runs.items()), on_error)
-    return _validated(parts, source=str(path), on_error=on_error)
+        base=path if path.is_dir() else path.parent, notes=notes), sorted(runs.items()), on_error)
+    curves = _validated(parts, source=str(path), on_error=on_error)
+    curves.warnings.extend(notes)
+    return curves
 
 
 def _event_files(directory: Path) -> list[Path]:
@@ -69,10 +83,12 @@ def _event_files(directory: Path) -> list[Path]:
 
 
 def _tensorboard_run(directory: Path, files: list[Path], *, metric, tokens_per_step, tokens_tag,
-                     scale, run_id, base: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    scalars = _load_scalars(files)
+                     scale, run_id, base: Path, notes: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    scalars, refused = _load_scalars(files, notes)
     source = str(files[0] if len(files) == 1 else directory)
-    tag = _pick_tag(scalars, metric, source=source)
+    tag = _pick_tag({**scalars, **refused}, metric, source=source)
+    if tag in refused:
+        raise CurveError(refused[tag], source=source, curve=tag)
     steps, values = scalars[tag]
     rows = np.arange(len(steps))
     run = run_id or (str(directory.relative_to(base)) if directory != base else None) \
@@ -85,51 +101,84 @@ def _tensorboard_run(directory: Path, files: list[Path], *, metric, tokens_per_s
     return frame, rows
 
 
-def _load_scalars(files: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``tag -> (steps, values)`` of every scalar in the files, in file and step order."""
-    from google.protobuf.message import DecodeError
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.compat.tensorflow_stub.errors import OpError
+def _tensorboard() -> tuple[Any, Any, tuple[type, ...]]:
+    """``(EventAccumulator, tensor_util, errors of corrupt records)`` from the optional
+    ``tensorboard`` package; ``ReadError`` with the install hint without it."""
+    try:
+        from google.protobuf.message import DecodeError
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.compat.tensorflow_stub.errors import OpError
+        from tensorboard.util import tensor_util
+    except ImportError as error:
+        raise ReadError(f"reading TensorBoard event files needs the tensorboard extra: "
+                        f"{INSTALL_HINT} ({error})") from None
+    return EventAccumulator, tensor_util, (OSError, ValueError, DecodeError, OpError)
 
+
+def _load_scalars(files: list[Path], notes: list[str]
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """``tag -> (steps, values)`` of every scalar in the files, in file and step order, and
+    ``tag -> why`` for tags refused (complex values); damaged files are noted in ``notes``."""
+    event_accumulator, tensor_util, corrupt = _tensorboard()
     found: dict[str, list[tuple[float, float]]] = {}
+    refused: dict[str, str] = {}
     for file in files:
+        _note_damage(file, notes)
         try:
-            accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0, "tensors": 0})
+            accumulator = event_accumulator(str(file), size_guidance={"scalars": 0, "tensors": 0})
             accumulator.Reload()
-        except (OSError, ValueError, DecodeError, OpError) as error:  # corrupt records
+        except corrupt as error:  # corrupt records
             raise ReadError(f"file {file}: cannot be read as TensorBoard events "
                             f"({type(error).__name__}: {_short(error)})") from None
-        for tag, points in _accumulator_scalars(accumulator).items():
+        for tag, points in _accumulator_scalars(accumulator, tensor_util, refused).items():
             found.setdefault(tag, []).extend(points)
     return {tag: (np.array([p[0] for p in pts], dtype=np.float64),
-                  np.array([p[1] for p in pts], dtype=np.float64)) for tag, pts in found.items()}
+                  np.array([p[1] for p in pts], dtype=np.float64))
+            for tag, pts in found.items() if tag not in refused}, refused
 
 
-def _accumulator_scalars(accumulator) -> dict[str, list[tuple[float, float]]]:
+def _note_damage(file: Path, notes: list[str]) -> None:
+    """Say where an event file is damaged or cut short: TensorBoard stops there silently."""
+    try:
+        damage = first_damage(file)
+    except OSError as error:
+        raise ReadError(f"file {file}: cannot be read ({error.strerror or error})") from None
+    if damage is not None:
+        offset, what = damage
+        notes.append(f"file {file}: damaged at byte {offset} of {file.stat().st_size} ({what}); "
+                     f"only the records before it were read, so its curves may be cut short")
+        log.warning("%s", notes[-1])
+
+
+def _accumulator_scalars(accumulator, tensor_util, refused: dict[str, str]
+                         ) -> dict[str, list[tuple[float, float]]]:
     tags = accumulator.Tags()
     out = {tag: [(float(e.step), float(e.value)) for e in accumulator.Scalars(tag)]
            for tag in tags.get("scalars", [])}
     for tag in tags.get("tensors", []):  # summary v2 writes scalars as 0-d tensors
         points = []
         for event in accumulator.Tensors(tag):
-            array = _tensor_value(event.tensor_proto)
-            if array is None:
+            array = _tensor_value(event.tensor_proto, tensor_util)
+            if array is not None and np.iscomplexobj(array):
+                refused[tag] = (f"tag {tag!r} holds a complex value ({array.item()!r}) at step "
+                                f"{event.step}; a learning curve needs real numbers")
+            if array is None or np.iscomplexobj(array):
                 break
-            points.append((float(event.step), array))
+            points.append((float(event.step), float(array.item())))
         else:
             if points:
                 out.setdefault(tag, points)
     return out
 
 
-def _tensor_value(proto) -> float | None:
-    from tensorboard.util import tensor_util
-
+def _tensor_value(proto, tensor_util) -> np.ndarray | None:
+    """A one-value tensor of numbers (integers, floats or complex), else None."""
     try:
         array = tensor_util.make_ndarray(proto)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError, IndexError):
         return None
-    return float(array) if array.size == 1 and np.issubdtype(array.dtype, np.number) else None
+    numeric = np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_
+    return array if array.size == 1 and numeric else None
 
 
 def _pick_tag(scalars: Mapping[str, Any], metric: str | None, *, source: str) -> str:

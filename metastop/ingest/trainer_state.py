@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..curves import CurveSet
+from ..curves.curveset import cell_rule
 from ..errors import CurveError, ReadError
 from ._common import (_as_float, _check_tokens_per_step, _curve_frame, _rescale, _run_name,
                       _short, _tokens_from_steps)
@@ -102,6 +103,11 @@ def _eval_points(history: list, key: str, *, source: str):
     if bad.size:
         raise CurveError(f"step must be a number, got {entries[bad[0]].get('step')!r}",
                          source=source, curve=key, row=rows[bad[0]])
+    odd = [i for i, e in enumerate(entries)
+           if isinstance(e[key], bool) or not isinstance(e[key], (int, float))]
+    if odd:
+        raise CurveError(cell_rule(key, entries[odd[0]][key]), source=source, curve=key,
+                         row=rows[odd[0]])
     values = np.array([_as_float(e[key]) for e in entries])
     rows, steps, values, entries = _collapse_repeats(rows, steps, values, entries)
     logged = [e.get("num_input_tokens_seen") for e in entries]

@@ -6,17 +6,23 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..curves import CurveSet
+from ..curves.curveset import cell_rule, numeric_cells
 from ..errors import CurveError
 from ._common import (STEP_COLUMNS, _check_tokens_per_step, _curve_frame, _each, _metric_name,
-                      _read_frame, _rescale, _step_column, _tokens_from_steps, _validated)
+                      _read_frame, _rescale, _step_column, _tokens_from_steps, _validated,
+                      explicit_missing)
+
+log = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("tokens", "num_input_tokens_seen", "train/num_input_tokens_seen")
 # Columns of wide exports that are bookkeeping, not metrics.
@@ -31,9 +37,10 @@ def read_wide_table(path: str | os.PathLike, *, on_error: str = "fail",
 
     Each metric column becomes a curve ``<run>/<column>``; a W&B column ``"<run> - <metric>"``
     names its own run; MLflow's one-metric file (``step, value, timestamp``) is named by
-    ``metric`` or the file's stem. Empty cells (metrics logged at different steps) are skipped.
-    Bookkeeping columns (``_timestamp``, ``_runtime``, ``epoch``, ``__MIN``/``__MAX``) are
-    not metrics.
+    ``metric`` or the file's stem. Empty cells (metrics logged at different steps) are skipped;
+    so are cells holding ``NaN``, ``None``, ``N/A`` (a logged non-number), which are counted
+    in ``CurveSet.warnings`` (file, column, count, first row). Bookkeeping columns
+    (``_timestamp``, ``_runtime``, ``epoch``, ``__MIN``/``__MAX``) are not metrics.
 
     Args:
         path: CSV, Parquet or JSONL.
@@ -45,10 +52,20 @@ def read_wide_table(path: str | os.PathLike, *, on_error: str = "fail",
         run_id: the run's name (default: the file's stem).
     """
     path = Path(path)
-    frame = _name_mlflow_metric(_read_frame(path), metric, path)
+    frame, cells = _wide_frame(_read_frame(path), metric, path)
     return wide_table_curves(frame, source=str(path), on_error=on_error,
                              metric=metric, tokens_per_step=tokens_per_step, scale=scale,
-                             run_id=run_id or path.stem)
+                             run_id=run_id or path.stem, no_number_cells=cells)
+
+
+def _wide_frame(frame: pd.DataFrame, metric: str | None,
+                path: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The table with MLflow's ``value`` column named (``_name_mlflow_metric``), and the
+    rows of each column whose cell held a no-number token (``explicit_missing``)."""
+    cells = explicit_missing(frame, path)
+    named = _name_mlflow_metric(frame, metric, path)
+    renamed = dict(zip(frame.columns, named.columns))
+    return named, {renamed[c]: rows for c, rows in cells.items()}
 
 
 def _name_mlflow_metric(frame: pd.DataFrame, metric: str | None, path: Path) -> pd.DataFrame:
@@ -60,8 +77,10 @@ def _name_mlflow_metric(frame: pd.DataFrame, metric: str | None, path: Path) -> 
 
 def wide_table_curves(frame: pd.DataFrame, *, source: str, on_error: str = "fail",
                       metric: str | None = None, tokens_per_step: float | None = None,
-                      scale: float | None = None, run_id: str = "run") -> CurveSet:
-    """Melt an in-memory wide table into curves (see ``read_wide_table``)."""
+                      scale: float | None = None, run_id: str = "run",
+                      no_number_cells: Mapping[str, np.ndarray] | None = None) -> CurveSet:
+    """Melt an in-memory wide table into curves (see ``read_wide_table``);
+    ``no_number_cells`` lists, per column, the rows that held a no-number token."""
     _check_tokens_per_step(tokens_per_step)
     step_column = _step_column(frame)
     if step_column is None:
@@ -69,21 +88,36 @@ def wide_table_curves(frame: pd.DataFrame, *, source: str, on_error: str = "fail
                          f"columns present: {list(map(str, frame.columns))}", source=source)
     steps = _numeric_column(frame, step_column, source)
     tokens = _wide_tokens(frame, steps, tokens_per_step, source)
+    columns = _metric_columns(frame, step_column, metric, source)
     parts = _each(lambda column: _wide_curve(frame, column, steps, tokens, scale=scale,
                                              source=source, run_id=run_id),
-                  _metric_columns(frame, step_column, metric, source), on_error)
-    return _validated(parts, source=source, on_error=on_error)
+                  columns, on_error)
+    curves = _validated(parts, source=source, on_error=on_error)
+    curves.warnings.extend(_skipped_cells(columns, no_number_cells or {}, source))
+    return curves
+
+
+def _skipped_cells(columns: list[str], cells: Mapping[str, np.ndarray],
+                   source: str) -> list[str]:
+    """One warning per metric column that had cells holding NaN/None/N/A, which were skipped."""
+    notes = []
+    for column in columns:
+        rows = cells.get(column, np.array([], dtype=np.int64))
+        if len(rows):
+            notes.append(f"file {source}: column {column!r}: skipped {len(rows)} cell(s) "
+                         f"holding NaN/None/N/A instead of a number (first at row "
+                         f"{int(rows[0])})")
+            log.warning("%s", notes[-1])
+    return notes
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
     raw = frame[column]
-    numbers = pd.to_numeric(raw, errors="coerce")
-    bad = (numbers.isna() & raw.notna()).to_numpy()
+    numbers, bad = numeric_cells(raw)
     if bad.any():
         row = int(np.argmax(bad))
-        raise CurveError(f"{column} must be a number, got {raw.iloc[row]!r}", source=source,
-                         row=row)
-    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+        raise CurveError(cell_rule(column, raw.iloc[row]), source=source, row=row)
+    return numbers
 
 
 def _wide_tokens(frame, steps, tokens_per_step, source) -> np.ndarray:
@@ -122,12 +156,11 @@ def _wide_curve(frame, column, steps, tokens, *, scale, source, run_id):
     if len(rows) == 0:
         raise CurveError(f"an empty curve: every cell of column {column!r} is empty",
                          source=source, curve=curve_id)
-    values = pd.to_numeric(raw.iloc[rows], errors="coerce").to_numpy(dtype=np.float64,
-                                                                     na_value=np.nan)
-    bad = np.isnan(values)
+    values, bad = numeric_cells(raw.iloc[rows])
+    bad |= np.isnan(values)
     if bad.any():
         first = int(rows[np.argmax(bad)])
-        raise CurveError(f"value must be a number, got {raw.iloc[first]!r}", source=source,
+        raise CurveError(cell_rule("value", raw.iloc[first]), source=source,
                          curve=curve_id, row=first)
     values, original = _rescale(values, name, scale, source=source, curve=curve_id, rows=rows)
     part = _curve_frame(curve_id=curve_id, run_id=run, metric_key=name, tokens=tokens[rows],

@@ -171,7 +171,8 @@ class Registry:
         if not os.path.lexists(path):
             return []
         events = []
-        for line in read_plain(path, "the registry's history").decode(errors="replace").splitlines():
+        text = read_plain(path, "the registry's history").decode(errors="replace")
+        for line in text.splitlines():
             with contextlib.suppress(json.JSONDecodeError, RecursionError):
                 event = json.loads(line)
                 if isinstance(event, dict):
@@ -440,7 +441,8 @@ def _open_own(path: Path, flags: int, what: str) -> int:
     """Open (creating) one of the registry's own files, never through a symbolic link;
     ``ModelError`` naming it if it is a link or not a plain file."""
     try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o644)
     except OSError as error:
         problem = ("is a symbolic link; the registry never writes through one"
                    if error.errno == errno.ELOOP else f"cannot be opened ({error.strerror})")

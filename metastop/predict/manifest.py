@@ -7,6 +7,15 @@ rules for those folders: ``Predictor.save`` and ``Predictor.load`` use it, and s
 model registry (``metastop.ops.registry``) when it copies, verifies and lists versions.
 Nothing is pickled.
 
+Nothing in a folder is trusted before it is checked, in this order: files are read without
+following symbolic links (``read_plain``); the manifest nests at most ``MAX_DEPTH`` levels,
+every entry this metastop reads has its type and shape, every table number is finite, and
+``manifest_sha256`` (``manifest_digest``; older manifests lack it) matches its content; file
+names stay inside the folder (``check_file_name``); each model file matches its SHA-256 and
+passes ``check_booster_text`` before LightGBM parses it. Any failure is a ``ModelError``
+naming the file, the field or line, and the rule. The champion pointer is checked the same
+way (``check_pointer``, ``champion_folder``).
+
 Example:
     >>> manifest = verify_checksums("models/default")  # doctest: +SKIP
     >>> sorted(manifest["files"])  # doctest: +SKIP
