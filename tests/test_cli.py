@@ -398,3 +398,20 @@ def test_help_texts_point_to_no_design_file_outside_the_repository():
         assert "DESIGN.md" not in (command.help or ""), path
         for param in command.params:
             assert "DESIGN.md" not in (getattr(param, "help", None) or ""), (path, param.name)
+
+
+def test_models_clean_removes_what_killed_writers_left(tmp_path):
+    import shutil
+
+    from metastop.curves.paths import MODELS_DIR
+
+    root = tmp_path / "models"
+    shutil.copytree(MODELS_DIR / "default", root / "default")
+    (root / ".add-v2-dead").mkdir()
+    (root / ".current.abc.tmp").write_text("{}")
+    result = CliRunner().invoke(main, ["models", "--root", str(root), "clean"])
+    assert result.exit_code == 0, result.output
+    assert "removed 2" in result.output
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "default"]  # its own lock stays
+    again = CliRunner().invoke(main, ["models", "--root", str(root), "clean"])
+    assert "nothing to clean" in again.output

@@ -98,3 +98,20 @@ def models_rollback(ctx: click.Context, reason: str) -> None:
     from ..ops.registry import Registry
 
     click.echo(f"champion: {Registry(ctx.obj['root']).rollback(reason=reason)}")
+
+
+@models.command("clean")
+@click.pass_context
+@library_errors
+def models_clean(ctx: click.Context) -> None:
+    """Remove what killed retrains and promotions left behind (.add-* folders,
+    .current.*.tmp files). Every registry write also does this first.
+
+    \b
+    Example:
+      metastop models clean --root models
+    """
+    from ..ops.registry import Registry
+
+    removed = Registry(ctx.obj["root"]).clean()
+    click.echo(f"removed {len(removed)}: {', '.join(removed)}" if removed else "nothing to clean")

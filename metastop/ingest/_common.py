@@ -186,7 +186,8 @@ def _tokens_from_steps(steps: np.ndarray, tokens_per_step: float | None, *, sour
                          f"(--tokens-per-step) so that tokens = step x tokens_per_step",
                          source=source)
     _check_tokens_per_step(tokens_per_step)
-    return steps * float(tokens_per_step)
+    with np.errstate(over="ignore"):  # an overflow gives inf, which the schema then refuses
+        return steps * float(tokens_per_step)
 
 
 def _check_tokens_per_step(tokens_per_step: float | None) -> None:
