@@ -273,6 +273,11 @@ class Registry:
         Re-entrant within one ``Registry`` object, so a retrain can hold it throughout and
         still call ``add`` and ``promote``. Raises ``RegistryLockError`` after ``timeout``
         seconds (default: ``lock_timeout``), naming the holder recorded in the lock file.
+
+        Hand-written rather than ``filelock``: the lock file must be opened with ``O_NOFOLLOW``
+        (a symlinked ``.lock`` planted in the registry would otherwise be truncated through the
+        link) and must record its holder, and ``filelock.FileLock`` opens the path itself,
+        following links. ``flock`` is POSIX, as are the training hosts metastop runs on.
         """
         if self._lock_depth:
             self._lock_depth += 1
