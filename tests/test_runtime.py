@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,74 @@ def test_default_controller_uses_the_shipped_model(tmp_path):
     assert controller.should_stop and decisions[-1].reason is Reason.GAIN_BELOW_COST
     assert len(decisions) < 20, "a curve flat from the third evaluation on should stop early"
     assert len(read_log(tmp_path / "d.jsonl")) == len(decisions)
+
+
+# --- hostile input: the reproductions of the hardening issue ---------------------------------
+class _RaisingFloat:
+    def __float__(self):
+        raise NotImplementedError("meta tensors have no data")
+
+
+class _BadPolicy:
+    def __init__(self, decision):
+        self.decision = decision
+
+    def decide(self, curve):
+        return self.decision
+
+
+@pytest.mark.parametrize("tokens, value", [
+    (10 ** 400, 0.5), (100.0, 10 ** 400), (100.0, _RaisingFloat()), (_RaisingFloat(), 0.5),
+    (100.0, "0.5"), (True, 0.5), (100.0, None), (object(), [0.5]),
+])
+def test_observe_never_raises_on_hostile_values(tokens, value):
+    controller = StopController(Patience(2), budget=1000.0)
+    decision = controller.observe(tokens, value)
+    assert not decision.stop and decision.reason in (Reason.BAD_INPUT, Reason.NON_FINITE)
+    assert controller.observe(200.0, 0.3).reason is not Reason.BAD_INPUT  # the run goes on
+
+
+def test_ids_that_are_not_json_still_log(tmp_path):
+    log = tmp_path / "d.jsonl"
+    controller = StopController(Patience(2), budget=1000.0, run_id=tmp_path, task=Path("qa"),
+                                reporting=Reporting(log_path=log))
+    controller.observe(100.0, 0.2)
+    assert json.loads(log.read_text())["run_id"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("returned", [
+    np.float32(0.5),
+    Decision(stop=np.bool_(True), reason="stop", message="m", tokens=1.0, value=0.1, best=0.1),
+])
+def test_a_policy_returning_garbage_fails_open(returned):
+    controller = StopController(_BadPolicy(returned), budget=1000.0)
+    decision = controller.observe(100.0, 0.2)
+    assert not decision.stop and decision.reason is Reason.PREDICTOR_ERROR
+
+
+def test_one_bogus_token_count_does_not_poison_the_run():
+    controller = StopController(Patience(50), budget=1000.0)
+    controller.observe(100.0, 0.2)
+    bogus = controller.observe(1e300, 0.3)
+    assert bogus.reason is Reason.BAD_INPUT and "bogus" in bogus.message and not bogus.stop
+    later = controller.observe(200.0, 0.4)
+    assert later.reason is not Reason.BAD_INPUT and len(controller.curve) == 2
+
+
+@pytest.mark.parametrize("state, match", [
+    ({"version": 99}, r"'version' must be an integer from 1 to 1"),
+    ({"tokens": "abc"}, r"'tokens' must be a list"),
+    ({"tokens": [1.0, 2.0], "values": [0.1]}, r"2 tokens but 1 values"),
+    ({"tokens": [2.0, 1.0], "values": [0.1, 0.2]}, r"not a valid curve"),
+    ({"decisions": [{"stop": True}]}, r"bad decision"),
+    ({"stopped": "yes"}, r"'stopped' must be true or false"),
+    ({"would_stop_at": "later"}, r"'would_stop_at' must be a number"),
+    ([1, 2], r"state must be a mapping"),
+])
+def test_a_bad_state_is_refused_and_changes_nothing(state, match):
+    controller = StopController(Patience(2), budget=1000.0)
+    controller.observe(100.0, 0.2)
+    before = controller.state_dict()
+    with pytest.raises(ParameterError, match=match):
+        controller.load_state_dict(state)
+    assert controller.state_dict() == before
