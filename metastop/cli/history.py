@@ -8,33 +8,17 @@ message and exit status 1.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import click
 
-from ..errors import MetastopError
-from .main import _counted, _progress_bar
+from .main import _counted, _progress_bar, library_errors, print_table
 
 _HISTORY_HELP = ("History store URL, e.g. sqlite:///history.db or "
                  "postgresql://user:password@host/db. Default: $METASTOP_HISTORY, else "
                  "sqlite:///history.db.")
-
-
-def _library_errors(command: Callable) -> Callable:
-    """Turn metastop's own errors into ``click.ClickException`` (a clean message, exit 1)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except MetastopError as error:
-            raise click.ClickException(str(error)) from None
-
-    return wrapper
 
 
 def _store_options(command: Callable) -> Callable:
@@ -43,19 +27,6 @@ def _store_options(command: Callable) -> Callable:
                            help="Print JSON instead of a table.")(command)
     return click.option("--history", "url", default=None, metavar="URL",
                         help=_HISTORY_HELP)(command)
-
-
-def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-                        for v in row))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _echo_json(data: Any) -> None:
@@ -80,7 +51,7 @@ def history() -> None:
 @history.command("add")
 @click.argument("curves", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_store_options
-@_library_errors
+@library_errors
 def add_command(curves: tuple[Path, ...], url: str | None, as_json: bool) -> None:
     """Add the finished curves in CURVES to the store.
 
@@ -105,13 +76,13 @@ def add_command(curves: tuple[Path, ...], url: str | None, as_json: bool) -> Non
     if as_json:
         _echo_json({"history": shown, "added": [{"file": f, "curves": n} for f, n in added]})
         return
-    _print_table(f"Added to {shown}", ["file", "curves"], added)
+    print_table(f"Added to {shown}", ["file", "curves"], added)
 
 
 @history.command("list")
 @click.option("--task", default=None, help="Only this task.")
 @_store_options
-@_library_errors
+@library_errors
 def list_command(task: str | None, url: str | None, as_json: bool) -> None:
     """List the tasks in the store: runs and curves per task and metric.
 
@@ -128,14 +99,14 @@ def list_command(task: str | None, url: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json([s.to_dict() for s in summaries])
         return
-    _print_table(f"History {shown}", ["task", "metric", "runs", "curves"],
+    print_table(f"History {shown}", ["task", "metric", "runs", "curves"],
                  [(s.task, s.metric, s.n_runs, s.n_curves) for s in summaries])
 
 
 @history.command("show")
 @click.argument("task")
 @_store_options
-@_library_errors
+@library_errors
 def show_command(task: str, url: str | None, as_json: bool) -> None:
     """Show the curves stored for TASK, one row per curve.
 
@@ -162,7 +133,7 @@ def show_command(task: str, url: str | None, as_json: bool) -> None:
                "last", "best"]
     keys = ["curve_id", "run_id", "metric", "direction", "n_points", "tokens_seen", "budget",
             "last", "best"]
-    _print_table(f"Task {task} in {shown}", columns, [[f[k] for k in keys] for f in facts])
+    print_table(f"Task {task} in {shown}", columns, [[f[k] for k in keys] for f in facts])
 
 
 def _curve_facts(curve: Any) -> dict[str, Any]:
