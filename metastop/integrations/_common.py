@@ -10,6 +10,7 @@ from .._checks import positive
 from ..curves import is_bounded_metric
 from ..errors import ParameterError
 from ..stop.controller import Reporting, StopController
+from ..stop.decisionlog import NOT_A_POINT
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -105,6 +106,21 @@ def _check_given(controller: Any, policy: Any, budget: Any, reporting: Any) -> N
         raise ParameterError("give either controller or policy/budget/reporting, not both; "
                              f"got controller={controller!r} with policy={policy!r}, "
                              f"budget={budget!r}, reporting={reporting!r}")
+
+
+def observe_monitored(slot: LazyController, monitored: Any, raw: float, tokens: float,
+                      budget: float | None, step: int) -> Any:
+    """One evaluation of a callback's monitored metric through its controller: the value read
+    on the metric's settled scale (earlier points rescaled when a 0-100 score reveals itself),
+    the decision made, and the point noted unless the controller ignored it."""
+    value, earlier_on_100 = monitored.read(raw)
+    controller = slot.get(monitored.direction, budget)
+    if earlier_on_100:
+        rescale(controller, 100.0)
+    decision = controller.observe(tokens, value)
+    if decision.reason not in NOT_A_POINT:
+        monitored.note(raw, step)
+    return decision
 
 
 def rescale(controller: Any, divisor: float) -> None:

@@ -28,9 +28,8 @@ from .._checks import positive
 from ..curves import MAXIMIZE, MINIMIZE
 from ..errors import ParameterError
 from ..stop.controller import Reporting
-from ..stop.decision import Reason
-from ._common import (LazyController, as_float, check_direction, missing_metric, require,
-                      rescale, task_values)
+from ._common import (LazyController, as_float, check_direction, missing_metric,
+                      observe_monitored, require, task_values)
 from ._metric import MODES, Monitored
 from ._report import announce_stop, decision_metrics, decision_text, log_to_mlflow
 
@@ -40,7 +39,6 @@ from transformers.trainer_callback import ExportableState, TrainerCallback  # no
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRIC = "eval_exact_match"
-_IGNORED = (Reason.BAD_INPUT, Reason.NON_FINITE)
 
 
 class MetaStopCallback(TrainerCallback, ExportableState):
@@ -145,19 +143,13 @@ class MetaStopCallback(TrainerCallback, ExportableState):
             logger.info("metastop: no decision at step %d: the budget needs a step's tokens",
                         state.global_step)
             return
-        raw = as_float(metrics[key])
-        value, earlier_on_100 = self.monitor.read(raw)
-        controller = self._slot.get(self.monitor.direction, budget)
-        if earlier_on_100:
-            rescale(controller, 100.0)
-        decision = controller.observe(tokens, value)
-        if decision.reason not in _IGNORED:
-            self.monitor.note(raw, state.global_step)
+        decision = observe_monitored(self._slot, self.monitor, as_float(metrics[key]), tokens,
+                                     budget, state.global_step)
         self._report(args, state, decision)
         if decision.stop:
             control.should_training_stop = True
         if decision.early_stop:
-            announce_stop(decision, step=state.global_step, fraction=tokens / controller.budget,
+            announce_stop(decision, step=state.global_step, fraction=tokens / self.controller.budget,
                           name=key, best=self.monitor.best, best_step=self.monitor.best_step)
             self._stopped_at = state.global_step
 

@@ -24,8 +24,8 @@ from .._checks import positive
 from ..curves import MAXIMIZE, MINIMIZE
 from ..errors import ParameterError
 from ..stop.controller import Reporting
-from ..stop.decision import Reason
-from ._common import LazyController, as_float, check_direction, missing_metric, require, rescale
+from ._common import (LazyController, as_float, check_direction, missing_metric,
+                      observe_monitored, require)
 from ._metric import MODES, Monitored
 from ._report import announce_stop, decision_metrics, decision_text, log_to_mlflow
 
@@ -35,7 +35,6 @@ from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402 (after the 
 
 logger = logging.getLogger(__name__)
 
-_IGNORED = (Reason.BAD_INPUT, Reason.NON_FINITE)
 
 
 class MetaStopCallback(_pl.Callback):
@@ -115,21 +114,15 @@ class MetaStopCallback(_pl.Callback):
         if self.monitor not in metrics:
             rank_zero_warn(missing_metric(self.monitor, metrics), category=RuntimeWarning)
             return
-        raw = as_float(metrics[self.monitor])
-        value, earlier_on_100 = self.metric.read(raw)
         tokens = self._tokens(trainer)
         budget = _planned_steps(trainer) * tokens / trainer.global_step if self._slot.needs_budget else None
-        controller = self._slot.get(self.metric.direction, budget)
-        if earlier_on_100:
-            rescale(controller, 100.0)
-        decision = controller.observe(tokens, value)
-        if decision.reason not in _IGNORED:
-            self.metric.note(raw, trainer.global_step)
+        decision = observe_monitored(self._slot, self.metric, as_float(metrics[self.monitor]),
+                                     tokens, budget, trainer.global_step)
         self._report(trainer, decision)
         if decision.stop:
             trainer.should_stop = True
         if decision.early_stop:
-            announce_stop(decision, step=trainer.global_step, fraction=tokens / controller.budget,
+            announce_stop(decision, step=trainer.global_step, fraction=tokens / self.controller.budget,
                           name=self.monitor, best=self.metric.best, best_step=self.metric.best_step)
             self._stopped_at = trainer.global_step
 
