@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "metastop"
 
 # Lower stages first: a module may import its own stage and the stages listed before it.
-STAGES = ("curves", "ingest", "predict", "stop", "integrations", "evaluate", "ops", "cli")
+STAGES = ("curves", "ingest", "predict", "stop", "adapt", "integrations", "evaluate", "ops", "cli")
 BASE = {"errors", "_lazy", "_checks", "__init__"}
 OFF_STAGE = {"generate": "ingest"}  # generate/ stands beside ingest: it may use curves only
 MAX_LINES = 500

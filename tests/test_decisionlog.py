@@ -100,3 +100,30 @@ def test_missing_path_and_records_without_points_are_errors(tmp_path):
         run_from_records([{"tokens": 1.0, "value": None, "reason": "non_finite"}])
     with pytest.raises(ParameterError, match="record 1: not a decision record"):
         run_from_records([{"tokens": 1.0, "reason": "no-such-reason"}])
+
+
+def test_lever_events_read_apart_from_decisions(tmp_path):
+    path = tmp_path / "run.jsonl"
+    log = DecisionLog(path, LogContext(run_id="r1", task="qa", budget=100.0))
+    log.write(Decision(stop=False, reason=Reason.IMPROVING, tokens=10.0, value=0.1, best=0.1),
+              acted=False)
+    log.write_event("batch_size", tokens=12.0, step=3, message="noise scale 300 > batch 64",
+                    change={"accumulation": [2, 4]})
+    log.write(Decision(stop=False, reason=Reason.IMPROVING, tokens=20.0, value=0.2, best=0.2),
+              acted=False)
+    read = read_logs(path)
+    assert read.skipped == ()
+    assert list(read.runs["r1"].tokens) == [10.0, 20.0]
+    (event,) = read.events
+    assert (event.kind, event.run_id, event.tokens, event.step) == ("batch_size", "r1", 12.0, 3)
+    assert event.change == {"accumulation": [2, 4]}
+    assert "noise scale" in event.message
+
+
+def test_unknown_event_kind_is_refused_when_written_and_skipped_when_read(tmp_path):
+    log = DecisionLog(tmp_path / "run.jsonl", LogContext(run_id="r1"))
+    with pytest.raises(ParameterError, match="event kind"):
+        log.write_event("learning_rate", tokens=1.0, step=1, message="", change={})
+    (tmp_path / "run.jsonl").write_text('{"kind": "lr", "tokens": 1}\n')
+    read = read_logs(tmp_path / "run.jsonl")
+    assert read.events == () and len(read.skipped) == 1 and "kind" in read.skipped[0]

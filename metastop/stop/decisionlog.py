@@ -8,6 +8,11 @@ through it); ``read_logs`` reads it back grouped by run, for the governor, the f
 and retraining alike. Lines of the first format (no ``version``, no ``direction``) still read:
 their direction is inferred once, here, from the logged best-so-far.
 
+The levers beyond stopping (``metastop.adapt``: batch size, freezing) write their changes to
+the same file as *event* lines: ``{"kind": "batch_size" | "freeze", "tokens", "step",
+"message", "change": {...}}`` with the run's ids. Readers keep them apart from decisions
+(``LogRead.events``), so a log with events reads as the same curve as one without.
+
 Example:
     >>> log = DecisionLog("decisions.jsonl", LogContext(run_id="r1", budget=1e9))  # doctest: +SKIP
     >>> log.write(decision, acted=False)  # doctest: +SKIP
@@ -34,6 +39,8 @@ from .decision import Decision, Reason
 logger = logging.getLogger(__name__)
 
 LOG_VERSION = 2
+EVENT_KINDS = ("batch_size", "freeze")
+"""The ``kind`` of event lines: lever changes that are not stop decisions."""
 NOT_A_POINT = (Reason.BAD_INPUT, Reason.NON_FINITE)
 """Decisions about input the controller ignored: they are logged but are not curve points."""
 MAX_LINE = 1 << 20
@@ -85,7 +92,15 @@ class DecisionLog:
               values: Mapping[str, float] | None = None) -> None:
         """Append ``decision``; ``acted`` says whether it stopped the run; ``values`` are the
         per-task values of a multi-task observation."""
-        record = line_record(self.context, decision, acted=acted, values=values)
+        self._append(line_record(self.context, decision, acted=acted, values=values))
+
+    def write_event(self, kind: str, *, tokens: float, step: int | None, message: str,
+                    change: Mapping[str, Any]) -> None:
+        """Append one lever change (``kind`` in ``EVENT_KINDS``) with its reason in ``message``."""
+        self._append(event_record(self.context, kind, tokens=tokens, step=step,
+                                  message=message, change=change))
+
+    def _append(self, record: dict[str, Any]) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as handle:
@@ -111,6 +126,47 @@ def line_record(context: LogContext, decision: Decision, *, acted: bool,
     if context.policy is not None:
         record["policy"] = context.policy
     return record
+
+
+def event_record(context: LogContext, kind: str, *, tokens: float, step: int | None,
+                 message: str, change: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-safe record of one lever change, as ``DecisionLog.write_event`` writes it.
+
+    Raises:
+        ParameterError: ``kind`` is not one of ``EVENT_KINDS``.
+    """
+    if kind not in EVENT_KINDS:
+        raise ParameterError(f"event kind must be one of {EVENT_KINDS}, got {kind!r}")
+    return {"version": LOG_VERSION, "kind": kind,
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "run_id": None if context.run_id is None else str(context.run_id),
+            "curve_id": str(context.curve_id),
+            "task": None if context.task is None else str(context.task),
+            "tokens": _number(tokens), "step": None if step is None else int(step),
+            "message": str(message), "change": _plain(change),
+            "shadow": bool(context.shadow)}
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One lever change read back from a log (see ``EVENT_KINDS``).
+
+    Attributes:
+        kind: ``batch_size`` or ``freeze``.
+        run_id: the run key, resolved as for decisions.
+        tokens, step: where in the run it happened (``step``: optimizer steps, if logged).
+        message: the reason, in words.
+        change: what changed, as logged (e.g. ``{"accumulation": [4, 8]}``).
+        where: ``file:line``.
+    """
+
+    kind: str
+    run_id: str
+    tokens: float | None
+    step: int | None
+    message: str
+    change: Mapping[str, Any]
+    where: str
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -222,10 +278,12 @@ class RunLog:
 
 @dataclass(frozen=True)
 class LogRead:
-    """What ``read_logs`` found: the runs by key, and one ``file:line: reason`` per skipped line."""
+    """What ``read_logs`` found: the runs by key, one ``file:line: reason`` per skipped line,
+    and the lever changes (event lines) in file order."""
 
     runs: dict[str, RunLog]
     skipped: tuple[str, ...]
+    events: tuple[LogEvent, ...] = ()
 
 
 def read_logs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LogRead:
@@ -238,19 +296,23 @@ def read_logs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> LogRead
     """
     grouped: dict[str, list[LogEntry]] = {}
     skipped: list[str] = []
+    events: list[LogEvent] = []
     for file in log_files(paths):
         for number, line in enumerate(_lines(file), 1):
             entry, problem = parse_line(line, f"{file}:{number}", file.stem)
-            if problem is not None:
+            if isinstance(entry, LogEvent):
+                events.append(entry)
+            elif problem is not None:
                 if line.strip():
                     skipped.append(f"{file}:{number}: {problem}")
-                continue
-            grouped.setdefault(entry.run_id, []).append(entry)
+            else:
+                grouped.setdefault(entry.run_id, []).append(entry)
     if skipped:
         logger.warning("skipped %d decision-log line(s) that are not decision records",
                        len(skipped))
     runs = {key: run_log(key, entries) for key, entries in grouped.items()}
-    return LogRead({k: r for k, r in runs.items() if r is not None}, tuple(skipped))
+    return LogRead({k: r for k, r in runs.items() if r is not None}, tuple(skipped),
+                   tuple(events))
 
 
 def run_log(run_id: str, entries: list[LogEntry]) -> RunLog | None:
@@ -277,7 +339,8 @@ def run_from_records(records: Iterable[Mapping[str, Any]], *, where: str = "reco
         entry, problem = parse_line(json.dumps(record, default=str), f"{where}:{number}", where)
         if problem is not None:
             raise ParameterError(f"{where}, record {number}: {problem}")
-        entries.append(entry)
+        if isinstance(entry, LogEntry):
+            entries.append(entry)
     run = run_log(entries[0].run_id, entries) if entries else None
     if run is None:
         raise ParameterError(f"{where}: no record is a curve point (got {len(entries)} records)")
@@ -299,8 +362,9 @@ def log_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return files
 
 
-def parse_line(line: str, where: str, fallback_run: str) -> tuple[LogEntry | None, str | None]:
-    """One line as a ``LogEntry``, or the reason it is not a decision record."""
+def parse_line(line: str, where: str,
+               fallback_run: str) -> tuple[LogEntry | LogEvent | None, str | None]:
+    """One line as a ``LogEntry`` (or a ``LogEvent``), or the reason it is neither."""
     if not line.strip():
         return None, "empty line"
     if len(line) > MAX_LINE:
@@ -312,6 +376,8 @@ def parse_line(line: str, where: str, fallback_run: str) -> tuple[LogEntry | Non
     if not isinstance(record, dict):
         return None, f"not a JSON object, got {type(record).__name__}"
     try:
+        if "kind" in record:
+            return _event(record, where, fallback_run), None
         return _entry(record, where, fallback_run), None
     except (TypeError, ValueError, KeyError, OverflowError) as error:
         return None, f"not a decision record ({error})"
@@ -352,6 +418,21 @@ def _entry(record: dict[str, Any], where: str, fallback_run: str) -> LogEntry:
                     shadow=record.get("shadow") is True, acted=record.get("acted") is True,
                     time=log_time(record.get("time")), values=_values(record.get("values")),
                     version=int(_number(record.get("version"), 1)), where=where)
+
+
+def _event(record: dict[str, Any], where: str, fallback_run: str) -> LogEvent:
+    kind = record.get("kind")
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"kind must be one of {EVENT_KINDS}, got {_short(kind)}")
+    change = record.get("change")
+    step = record.get("step")
+    return LogEvent(kind=kind,
+                    run_id=_text(record.get("run_id")) or _text(record.get("curve_id"))
+                    or fallback_run,
+                    tokens=_number(record.get("tokens")),
+                    step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+                    message=_text(record.get("message")) or "",
+                    change=change if isinstance(change, dict) else {}, where=where)
 
 
 def _direction(points: list[LogEntry]) -> str:
@@ -404,6 +485,6 @@ def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(params), default=str)) if params else {}
 
 
-__all__ = ["LOG_VERSION", "DecisionLog", "LogContext", "LogEntry", "LogRead", "RunLog",
-           "line_record", "log_files", "log_time", "parse_line", "read_logs", "run_from_records",
-           "run_log"]
+__all__ = ["EVENT_KINDS", "LOG_VERSION", "DecisionLog", "LogContext", "LogEntry", "LogEvent",
+           "LogRead", "RunLog", "event_record", "line_record", "log_files", "log_time",
+           "parse_line", "read_logs", "run_from_records", "run_log"]
