@@ -105,11 +105,11 @@ def test_missing_path_and_records_without_points_are_errors(tmp_path):
 def test_lever_events_read_apart_from_decisions(tmp_path):
     path = tmp_path / "run.jsonl"
     log = DecisionLog(path, LogContext(run_id="r1", task="qa", budget=100.0))
-    log.write(Decision(stop=False, reason=Reason.IMPROVING, tokens=10.0, value=0.1, best=0.1),
+    log.write(Decision(stop=False, reason=Reason.IMPROVING, message="", tokens=10.0, value=0.1, best=0.1),
               acted=False)
     log.write_event("batch_size", tokens=12.0, step=3, message="noise scale 300 > batch 64",
                     change={"accumulation": [2, 4]})
-    log.write(Decision(stop=False, reason=Reason.IMPROVING, tokens=20.0, value=0.2, best=0.2),
+    log.write(Decision(stop=False, reason=Reason.IMPROVING, message="", tokens=20.0, value=0.2, best=0.2),
               acted=False)
     read = read_logs(path)
     assert read.skipped == ()
