@@ -123,13 +123,13 @@ def test_saved_model_keeps_its_context_features(trained, tmp_path):
 
 
 class CountingStore(HistoryStore):
-    """A real SQLite store that counts how often the controller asks it for context."""
+    """A real SQLite store that counts how often the controller asks it for siblings."""
 
     asked = 0
 
-    def context_for(self, curve):
+    def siblings(self, *args, **kwargs):
         CountingStore.asked += 1
-        return super().context_for(curve)
+        return super().siblings(*args, **kwargs)
 
 
 def test_controller_reads_the_history_once_and_records_the_run(trained, tmp_path):
@@ -138,8 +138,10 @@ def test_controller_reads_the_history_once_and_records_the_run(trained, tmp_path
     store = CountingStore(url)
     store.add(past[1:])
     run = past[0]
+    CountingStore.asked = 0
     ctl = StopController(CostAware(trained, price=Price.fraction_of_budget(0.01)), budget=1000.0,
                          task="t0", metric="acc", run_id="new-run", history=store)
+    assert CountingStore.asked == 1  # read when built: no decision waits on the store
     for t, v in zip(run.tokens, run.values):
         ctl.observe(t, v)
     assert CountingStore.asked == 1

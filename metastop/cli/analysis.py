@@ -9,15 +9,20 @@ import click
 
 from ..stop.prices import Price
 from .main import (
+    JSON,
+    PNG,
     _interval_text,
     _load_predictor,
     _model_option,
     _price_option,
     _progress_bar,
     _read_curve_files,
+    _seed_option,
+    check_output,
     library_errors,
     main,
     print_table,
+    staged,
     write_json,
 )
 
@@ -64,7 +69,7 @@ def _selection_options(command: Callable) -> Callable:
                      help="Only curves of the held-out split (never seen by the shipped model)."),
         click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
                      help="Use a seeded random sample of at most N curves."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample."),
+        _seed_option,
     )):
         command = option(command)
     return command
@@ -123,11 +128,12 @@ def _with_contexts(predictor: Any, curves: Sequence[Any], contexts: list | None)
 @_model_option
 @_price_option
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
-              help="Write a summary PNG: a grid of the curves with prediction and stop point.")
+              help="Write a summary PNG (a .png path): a grid of the curves with prediction "
+                   "and stop point.")
 @click.option("--max-panels", type=click.IntRange(1, 200), default=36, show_default=True,
               help="Curves drawn in the PNG grid (the first ones).")
 @click.option("--json", "json_path", default=None, metavar="PATH",
-              help="Write the analysis as JSON to PATH ('-' for standard output): 'price', "
+              help="Write the analysis as JSON to PATH (.json, or '-' for standard output): 'price', "
                    "'curves' (per curve: predicted_final, interval_80, stop_index, "
                    "tokens_saved, decision, ...) and 'summary'.")
 @_selection_options
@@ -162,6 +168,8 @@ def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
     from ..evaluate.plotting import CurvePanel, curve_grid
     from ..evaluate.suite import make_policy
 
+    check_output(png, "--png", suffixes=PNG)
+    check_output(json_path, "--json", suffixes=JSON)
     pool = _select(_read_curve_files([curves_path]), task=task, metric=metric)
     curves = sample(_select(pool, held_out=True) if held_out else pool, limit, seed=seed)
     contexts, _ = curve_contexts(curves, pool, context_mode(context, history), history)
@@ -170,12 +178,14 @@ def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
     with _progress_bar(f"replaying {len(curves)} curves") as progress:
         results = analyze_curves(curves, predictor, policy=policy, progress=progress)
     summary = analysis_summary(results, baseline)
-    if png is not None:
-        panels = [CurvePanel(a.curve, a.prediction, a.stop_index, a.seen) for a in results[:max_panels]]
-        curve_grid(panels, png, title=_figure_title(Path(curves_path).name, results, price))
-    if json_path is not None:
-        write_json({"price": price.to_dict(), "curves": [a.to_dict() for a in results],
-                    "summary": summary}, json_path)
+    with staged(png, json_path) as (png_file, json_file):
+        if png is not None:
+            panels = [CurvePanel(a.curve, a.prediction, a.stop_index, a.seen)
+                      for a in results[:max_panels]]
+            curve_grid(panels, png_file, title=_figure_title(Path(curves_path).name, results, price))
+        if json_path is not None:
+            write_json({"price": price.to_dict(), "curves": [a.to_dict() for a in results],
+                        "summary": summary}, json_file)
     if json_path != "-":
         _print_analysis(results, price)
         click.echo(_summary_text(summary))
@@ -259,13 +269,13 @@ def _print_analysis(results: Sequence[Any], price: Any) -> None:
               required=True, metavar="F", help="Predict from the points within the first F of the budget.")
 @_model_option
 @click.option("--json", "json_path", default=None, metavar="PATH",
-              help="Write the predictions as JSON to PATH ('-' for standard output): "
+              help="Write the predictions as JSON to PATH (.json, or '-' for standard output): "
                    "'at_fraction', 'curves' (per curve: predicted_final, interval_80, "
                    "true_final, ...) and 'summary'.")
 @_history_option
 @click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
               help="Use a seeded random sample of at most N curves.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
+@_seed_option
 @library_errors
 def predict(curves_path: str, fraction: float, model: str | None, json_path: str | None,
             history: str | None, limit: int | None, seed: int) -> None:
@@ -281,6 +291,7 @@ def predict(curves_path: str, fraction: float, model: str | None, json_path: str
     """
     from ..evaluate.analysis import forecast_at, sample
 
+    check_output(json_path, "--json", suffixes=JSON)
     curves = sample(_read_curve_files([curves_path]), limit, seed=seed)
     predictor = _with_history(_load_predictor(model), curves, history)
     with _progress_bar(f"predicting {len(curves)} curves") as progress:
@@ -328,7 +339,7 @@ def _predict_summary(results: Sequence[Any]) -> dict[str, Any]:
 @click.option("--curve", "curve_ids", multiple=True, metavar="ID",
               help="Curve to draw (repeatable). Default: the first 12.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The PNG to write.")
+              help="The PNG to write (must end in .png; its folder must exist).")
 @click.option("--at-fraction", "fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
               metavar="F", help="Predict from the first F of the budget instead of the stop point.")
 @_model_option
@@ -349,6 +360,7 @@ def plot(curves_path: str, curve_ids: tuple[str, ...], output: str, fraction: fl
     from ..evaluate.plotting import CurvePanel, curve_grid
     from ..evaluate.suite import make_policy
 
+    check_output(output, "--output", suffixes=PNG)
     curves = _read_curve_files([curves_path])
     try:
         chosen = [curves[i] for i in curve_ids] if curve_ids else list(curves)[:12]
@@ -357,6 +369,7 @@ def plot(curves_path: str, curve_ids: tuple[str, ...], output: str, fraction: fl
     predictor = _load_predictor(model)
     policy = make_policy("metastop", predictor, price=price)
     results = analyze_curves(chosen, predictor, policy=policy, at_fraction=fraction)
-    curve_grid([CurvePanel(a.curve, a.prediction, a.stop_index, a.seen) for a in results], output,
-               columns=min(4, len(results)))
+    with staged(output) as (png_file,):
+        curve_grid([CurvePanel(a.curve, a.prediction, a.stop_index, a.seen) for a in results],
+                   png_file, columns=min(4, len(results)))
     click.echo(f"wrote {output} ({len(results)} curves)")

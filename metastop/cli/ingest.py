@@ -7,14 +7,28 @@ from typing import Any
 
 import click
 
-from .main import _counted, _progress_bar, library_errors, main, print_table, write_json
+from .main import (
+    JSON,
+    _counted,
+    _progress_bar,
+    check_output,
+    library_errors,
+    main,
+    print_table,
+    staged,
+    write_json,
+)
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+"""What ``-o`` may end in: the curve table's format goes by it."""
 
 
 # --- ingest (readers) ------------------------------------------------------------------
 @main.command("ingest")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Curve table to write (.parquet, .csv or .jsonl); written atomically.")
+              help="Curve table to write: .parquet, .csv or .jsonl (the suffix sets the format); "
+                   "its folder must exist. Written atomically, with --json, after all reads.")
 @click.option("--metric", default=None,
               help="Metric to read from logs: a log_history key, TensorBoard tag or column "
                    "(default: exact match).")
@@ -26,7 +40,7 @@ from .main import _counted, _progress_bar, library_errors, main, print_table, wr
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="fail: stop at the first bad curve; skip: drop it and say why.")
 @click.option("--json", "json_path", default=None,
-              help="Also write a JSON summary to this path ('-' for standard output).")
+              help="Also write a JSON summary to this .json path ('-' for standard output).")
 @library_errors
 def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
                    tokens_per_step: float | None, tokens_tag: str | None, scale: str | None,
@@ -46,21 +60,27 @@ def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
     """
     from ..ingest import read_sources
 
+    check_output(output, "--output", suffixes=TABLE_SUFFIXES)
+    check_output(json_path, "--json", suffixes=JSON)
     with _progress_bar(f"reading {len(sources)} sources") as progress:
         result = read_sources(_counted(sources, progress), on_error=on_error, metric=metric,
                               tokens_per_step=tokens_per_step, tokens_tag=tokens_tag,
                               scale=None if scale is None else float(scale))
-    result.curves.write(output)
+    with staged(output, json_path) as (table_file, json_file):
+        result.curves.write(table_file)
+        if json_path is not None:
+            write_json(result.to_dict() | {"output": str(output)}, json_file)
     if json_path != "-":  # keep standard output clean JSON for machines
         _print_ingest(result, output)
-    if json_path is not None:
-        write_json(result.to_dict() | {"output": str(output)}, json_path)
 
 
 def _print_ingest(result: Any, output: Path) -> None:
     print_table(f"read {len(result.curves)} curves ({result.curves.n_points} points) into {output}",
-                ["source", "format", "curves", "points", "metrics", "dropped"],
-                [(s.path, s.format, s.curves, s.points, ", ".join(s.metrics), len(s.dropped))
-                 for s in result.sources])
+                ["source", "format", "curves", "points", "metrics", "dropped", "warnings"],
+                [(s.path, s.format, s.curves, s.points, ", ".join(s.metrics), len(s.dropped),
+                  len(s.warnings)) for s in result.sources])
     if result.dropped:
         print_table("dropped", ["#", "what and why"], list(enumerate(result.dropped, 1)))
+    if result.warnings:
+        print_table("warnings: read, but not as written", ["#", "what the reader skipped or changed"],
+                    list(enumerate(result.warnings, 1)))

@@ -1,7 +1,14 @@
 """The ``metastop`` command: thin wrappers that parse arguments, call the library and print.
 
 Each command prints a rich table for people and, with ``--json``, the same facts for
-machines. Library errors (``MetastopError``) become a one-line message and exit status 1.
+machines. Library errors (``MetastopError``) become a one-line message and exit status 1;
+a bad option (click's usage errors, ``check_output``) exits with status 2.
+
+Output files (``-o``, ``--json FILE``, ``--png FILE``, ``--out FOLDER``) are checked before
+any work is done (``check_output``: the folder exists and is writable, the path is not a
+folder, the suffix names the format written: ``.png`` for figures, ``.json`` for JSON; other
+suffixes are refused rather than written in another format). They are written together at
+the end (``staged``): all of them or, on any error, none.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -66,6 +74,95 @@ def write_json(data: Any, path: str | None) -> None:
         return
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text + "\n")
+
+
+PNG = (".png", ".PNG")
+"""Suffixes a figure output may have: figures are written as PNG, whatever the name says."""
+JSON = (".json", ".JSON")
+"""Suffixes a ``--json FILE`` output may have (``-`` is standard output)."""
+
+
+def check_output(path: str | os.PathLike | None, option: str, *,
+                 suffixes: Sequence[str] = (), folder: bool = False) -> None:
+    """Refuse an output path that could not be written, before any work is done.
+
+    A file output must not be a folder, must end in one of ``suffixes`` (when given) and
+    its folder must exist and be writable. A ``folder`` output must not be a file and the
+    nearest folder above it that exists must be writable (the rest is created). ``None``
+    and ``-`` (standard output) pass.
+
+    Raises:
+        click.BadParameter: naming ``option``, the path and the rule (exit status 2).
+    """
+    if path is None or str(path) == "-":
+        return
+    if not str(path):
+        problem: str | None = "an empty path; give a file name"
+    else:
+        problem = _folder_problem(Path(path)) if folder else _file_problem(Path(path), suffixes)
+    if problem is not None:
+        raise click.BadParameter(f"{str(path)!r}: {problem}", param_hint=f"'{option}'")
+
+
+def _file_problem(path: Path, suffixes: Sequence[str]) -> str | None:
+    if path.is_dir():
+        return "is a folder; give a file name inside it"
+    if suffixes and path.suffix not in suffixes:
+        names = " or ".join(dict.fromkeys(s.lower() for s in suffixes))
+        return f"must end in {names}, the format written (got {path.suffix or 'no suffix'!r})"
+    parent = path.parent
+    if not parent.exists():
+        return f"folder {str(parent)!r} does not exist; create it first"
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a folder"
+    return _writable(parent)
+
+
+def _folder_problem(path: Path) -> str | None:
+    if path.exists() and not path.is_dir():
+        return "is a file; give a folder"
+    above = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not above.is_dir():
+        return f"{str(above)!r} is not a folder"
+    return _writable(above)
+
+
+def _writable(folder: Path) -> str | None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {str(folder)!r} is not writable"
+    return None
+
+
+@contextlib.contextmanager
+def staged(*paths: str | os.PathLike | None) -> Iterator[list[Any]]:
+    """Write several outputs all or none: yields, for each path, the file to write instead.
+
+    Each file path gets a staging file beside it with the same suffix (so writers that go
+    by suffix write the right format); when the block ends without error every staging
+    file is renamed onto its target (through ``atomic_path``), and when it raises all of
+    them are removed, leaving nothing. ``None`` and ``-`` are yielded unchanged.
+
+    Example:
+        >>> with staged(out, json_path) as (out_file, json_file):  # doctest: +SKIP
+        ...     curves.write(out_file)
+        ...     write_json(summary, json_file)
+    """
+    from ..curves import atomic_path
+
+    with contextlib.ExitStack() as stack:
+        given, moves = [], []
+        for path in paths:
+            if path is None or str(path) == "-":
+                given.append(path)
+                continue
+            tmp = stack.enter_context(atomic_path(Path(path)))  # renamed onto path on exit
+            stage = tmp.with_name(tmp.name + Path(path).suffix)
+            stack.callback(stage.unlink, missing_ok=True)
+            given.append(stage)
+            moves.append((stage, tmp))
+        yield given
+        for stage, tmp in moves:
+            os.replace(stage, tmp)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,6 +240,11 @@ def _to_price(ctx: click.Context, param: click.Parameter, value: float | None) -
 def _model_option(command: Callable) -> Callable:
     return click.option("--model", type=click.Path(file_okay=False), default=None,
                         help="Model folder (default: the shipped model).")(command)
+
+
+def _seed_option(command: Callable) -> Callable:
+    return click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+                        help="Seed of the --limit sample (an integer >= 0).")(command)
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:

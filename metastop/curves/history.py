@@ -250,11 +250,22 @@ class HistoryStore:
         (``run_id``, else ``curve_id``); never ``curve`` itself. Empty when ``curve.task``
         is ``None``.
         """
-        if curve.task is None:
-            return CurveSet()
         own_run = curve.run_id if curve.run_id is not None else curve.curve_id
-        query = self._select(curve.task, curve.metric, own_run)
-        return self._read(query.where(_CURVES.c.curve_id != curve.curve_id))
+        return self.siblings(curve.task, curve.metric, exclude_run=own_run,
+                             exclude_curve=curve.curve_id)
+
+    def siblings(self, task: str | None, metric: str | None = None, *,
+                 exclude_run: str | None = None, exclude_curve: str | None = None) -> CurveSet:
+        """Finished curves of ``task`` (and ``metric`` when set) outside run ``exclude_run``
+        and other than ``exclude_curve``: ``context_for`` before the curve exists (a
+        controller reads them when it is built, so that no decision waits on the store).
+        Empty when ``task`` is ``None``."""
+        if task is None:
+            return CurveSet()
+        query = self._select(task, metric, exclude_run)
+        if exclude_curve is not None:
+            query = query.where(_CURVES.c.curve_id != exclude_curve)
+        return self._read(query)
 
     def tasks(self) -> list[TaskSummary]:
         """One summary per (task, metric) stored, sorted by task then metric (``None`` last)."""

@@ -1,4 +1,7 @@
-"""A small decoder-only transformer (pre-norm, learned positions, tied embeddings).
+"""A small decoder-only transformer (pre-norm, learned positions, an untied output head).
+
+The head is its own linear map (not the token embedding transposed), so freezing the
+embeddings and a prefix of blocks really removes their part of the backward pass.
 
 Example:
     >>> import torch
@@ -74,6 +77,7 @@ class TinyDecoder(nn.Module):
         self.position = nn.Embedding(max_len, d_model)
         self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(_init_weights)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -82,7 +86,7 @@ class TinyDecoder(nn.Module):
         x = self.embed(ids) + self.position(positions)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x) @ self.embed.weight.T
+        return self.head(self.norm(x))
 
 
 def _init_weights(module: nn.Module) -> None:

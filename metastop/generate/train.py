@@ -1,14 +1,20 @@
-"""Train one tiny transformer on one task and record its exact-match curve.
+"""Train one tiny transformer on one task and record its exact-match and eval-loss curves.
 
-Token counting: every training step feeds a batch of sequences ``<bos> prompt answer <eos>``
-minus their last token (the model input). ``tokens`` counts those input positions exactly,
-padding excluded: a sequence of ``n`` characters (prompt + answer) adds ``n + 1`` tokens
-(``<bos>`` plus the characters). The planned budget is known before training because the
-whole batch order is drawn up front from the seed.
+Token counting: every training example is a sequence ``<bos> prompt answer <eos>`` minus its
+last token (the model input). ``tokens`` counts those input positions exactly, padding
+excluded: a sequence of ``n`` characters (prompt + answer) adds ``n + 1`` tokens.
+
+Token budget: the run draws its whole example stream up front from the seed (shuffled
+epochs of the training set). Its budget is the tokens of the first ``steps * batch_size``
+examples of that stream, and the run trains until exactly those examples are spent,
+whatever its batch rule: a run whose batch grows takes fewer optimizer steps for the same
+tokens. The learning-rate schedule follows token progress, so it is comparable across
+batch rules. Evaluations fall at the first step that crosses each ``1/n_evals`` of the
+budget.
 
 Example:
     >>> result = train_run(RunConfig(task="copy", difficulty=3, steps=40, n_evals=4))  # doctest: +SKIP
-    >>> result.frame()[["tokens", "value"]]  # doctest: +SKIP
+    >>> result.frame()[["curve_id", "tokens", "value"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,25 +25,34 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
 from ..errors import ParameterError
+from .evalset import encode_examples
+from .levers import (BATCH_RULES, FREEZE_RULES, LR_SCALING, LeverEvent, batch_rule,
+                     freeze_rule)
+from .loop import lr_factor, run_loop  # noqa: F401  (lr_factor is re-exported)
 from .model import TinyDecoder
-from .tasks import BOS, EOS, PAD, VOCAB_SIZE, Example, check_task, encode, make_split
+from .tasks import VOCAB_SIZE, check_task, make_split
 
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant_cooldown", "constant")
 METRIC = "exact_match"
+LOSS_METRIC = "eval_loss"
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one training run; equal configs give identical curves on CPU.
+
+    ``steps`` and ``batch_size`` set the token budget (``steps`` optimizer steps at
+    ``batch_size``); ``micro_batch`` (0: ``batch_size``) is the examples per forward pass,
+    ``max_batch_size`` (0: ``batch_size``) the ceiling of a ``ramp`` or ``adaptive`` batch.
 
     Example:
         >>> RunConfig(task="addition", difficulty=2, lr=1e-3).run_id[:11]
@@ -57,14 +72,22 @@ class RunConfig:
     steps: int = 600
     warmup_frac: float = 0.05
     cooldown_frac: float = 0.2
-    eval_size: int = 128
+    eval_size: int = 512
     n_evals: int = 30
     seed: int = 0
+    micro_batch: int = 0
+    max_batch_size: int = 0
+    batch_rule: str = "fixed"
+    lr_scaling: str = "none"
+    freeze_rule: str = "none"
 
     def __post_init__(self) -> None:
         check_task(self.task, self.difficulty)
-        if self.schedule not in SCHEDULES:
-            raise ParameterError(f"schedule must be one of {SCHEDULES}, got schedule={self.schedule!r}")
+        for name, allowed in (("schedule", SCHEDULES), ("batch_rule", BATCH_RULES),
+                              ("freeze_rule", FREEZE_RULES), ("lr_scaling", LR_SCALING)):
+            if getattr(self, name) not in allowed:
+                raise ParameterError(f"{name} must be one of {allowed}, got "
+                                     f"{name}={getattr(self, name)!r}")
         for name in ("d_model", "n_layers", "n_heads", "batch_size", "train_size", "steps",
                      "eval_size", "n_evals"):
             if getattr(self, name) < 1:
@@ -78,6 +101,7 @@ class RunConfig:
         if self.warmup_frac + self.cooldown_frac >= 1:
             raise ParameterError(f"warmup_frac + cooldown_frac must be < 1, got "
                                  f"{self.warmup_frac} + {self.cooldown_frac}")
+        _check_batching(self)
 
     @property
     def run_id(self) -> str:
@@ -86,142 +110,100 @@ class RunConfig:
         return f"{self.task}-d{self.difficulty}-{digest}"
 
 
+def _check_batching(config: RunConfig) -> None:
+    """Micro-batch, batch and ceiling must fit together and suit the batch rule."""
+    for name in ("micro_batch", "max_batch_size"):
+        if getattr(config, name) < 0:
+            raise ParameterError(f"{name} must be >= 0 (0: batch_size), got "
+                                 f"{name}={getattr(config, name)!r}")
+    micro = config.micro_batch or config.batch_size
+    ceiling = config.max_batch_size or config.batch_size
+    for name, value in (("batch_size", config.batch_size), ("max_batch_size", ceiling)):
+        if value % micro:
+            raise ParameterError(f"{name} must be a multiple of micro_batch={micro}, "
+                                 f"got {name}={value}")
+    if config.batch_rule == "fixed" and ceiling != config.batch_size:
+        raise ParameterError(f"max_batch_size must be 0 or batch_size={config.batch_size} for "
+                             f"batch_rule='fixed', got max_batch_size={config.max_batch_size}")
+    if config.batch_rule != "fixed" and ceiling <= config.batch_size:
+        raise ParameterError(f"max_batch_size must be > batch_size={config.batch_size} for "
+                             f"batch_rule={config.batch_rule!r}, got "
+                             f"max_batch_size={config.max_batch_size}")
+    if config.batch_rule == "adaptive" and config.batch_size < 2 * micro:
+        raise ParameterError(f"batch_size must be >= 2 * micro_batch={micro} for "
+                             f"batch_rule='adaptive' (two batch sizes estimate the noise "
+                             f"scale), got batch_size={config.batch_size}")
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """The exact-match curve of one run.
+    """The curves of one run: held-out exact match and eval loss at each evaluation.
 
     Attributes:
         config: the run's configuration.
         tokens: cumulative training input tokens at each evaluation.
         steps: optimizer steps done at each evaluation.
         values: held-out exact match (fraction in [0, 1]) at each evaluation.
+        eval_losses: held-out cross-entropy on answer tokens at each evaluation.
+        batch_sizes: examples per optimizer step in effect at each evaluation.
+        frozen: frozen blocks at each evaluation.
+        flops: cumulative backward FLOPs spent at each evaluation.
         budget: the planned total input tokens of the run.
+        optimizer_steps: optimizer steps of the whole run.
+        backward_flops: backward FLOPs spent (4 x non-embedding parameters per token,
+            less the frozen prefix).
+        backward_flops_saved: backward FLOPs that frozen blocks did not spend.
+        events: batch-size and freezing changes, in order.
         seconds: wall time of the run (not part of the curve; varies between machines).
-        truncated: whether the run hit its time limit before its planned steps.
+        truncated: whether the run hit its time limit before spending its budget.
     """
 
     config: RunConfig
     tokens: tuple[int, ...]
     steps: tuple[int, ...]
     values: tuple[float, ...]
+    eval_losses: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    frozen: tuple[int, ...]
+    flops: tuple[float, ...]
     budget: int
+    optimizer_steps: int
+    backward_flops: float
+    backward_flops_saved: float
+    events: tuple[LeverEvent, ...] = ()
     seconds: float = field(default=0.0, compare=False)
     truncated: bool = False
 
     def frame(self) -> pd.DataFrame:
-        """The curve in the curve-table schema, hyperparameters as metadata columns."""
-        cfg = asdict(self.config)
-        cfg.pop("task")
-        frame = pd.DataFrame({"curve_id": f"{self.config.run_id}/em", "run_id": self.config.run_id,
-                              "task": self.config.task, "metric": METRIC,
-                              "direction": "maximize", "tokens": np.asarray(self.tokens, np.int64),
-                              "value": np.asarray(self.values, np.float64),
-                              "budget": self.budget, "step": np.asarray(self.steps, np.int64)})
-        for key, value in cfg.items():
-            frame[key] = value
+        """Both curves in the curve-table schema: ``<run_id>/em`` then ``<run_id>/eval_loss``;
+        per-point columns ``step``, ``current_batch_size``, ``frozen_blocks`` and
+        ``backward_flops``; hyperparameters as metadata columns."""
+        run_id = self.config.run_id
+        points = {"tokens": np.asarray(self.tokens, np.int64), "budget": self.budget,
+                  "step": np.asarray(self.steps, np.int64),
+                  "current_batch_size": np.asarray(self.batch_sizes, np.int64),
+                  "frozen_blocks": np.asarray(self.frozen, np.int64),
+                  "backward_flops": np.asarray(self.flops, np.float64)}
+        em = pd.DataFrame({"curve_id": f"{run_id}/em", "run_id": run_id,
+                           "task": self.config.task, "metric": METRIC, "direction": "maximize",
+                           "value": np.asarray(self.values, np.float64), **points})
+        loss = em.assign(curve_id=f"{run_id}/eval_loss", metric=LOSS_METRIC,
+                         direction="minimize", value=np.asarray(self.eval_losses, np.float64))
+        frame = pd.concat([em, loss], ignore_index=True)
+        for key, value in asdict(self.config).items():
+            if key != "task":
+                frame[key] = value
+        frame["optimizer_steps"] = self.optimizer_steps
         frame["truncated"] = self.truncated
         return frame
 
 
-def lr_factor(schedule: str, step: int, *, steps: int, warmup_frac: float,
-              cooldown_frac: float) -> float:
-    """The learning-rate multiplier for optimizer step ``step`` (0-based) of ``steps``.
-
-    Linear warmup over ``warmup_frac`` of the steps, then ``cosine`` or ``linear`` decay to
-    zero, ``constant``, or ``constant_cooldown`` (constant, then a linear decay to zero over
-    the last ``cooldown_frac`` of the steps).
-    """
-    warmup = int(warmup_frac * steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "constant_cooldown":
-        cooldown_start = steps - int(cooldown_frac * steps)
-        return 1.0 if step < cooldown_start else (steps - step) / max(1, steps - cooldown_start)
-    return 1.0
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """A set of examples as padded id tensors."""
-
-    ids: torch.Tensor  # (n, max_len) <bos> prompt answer <eos>, right padded
-    lengths: torch.Tensor  # (n,) sequence lengths
-    prompt_lengths: torch.Tensor  # (n,) <bos> + prompt
-    answers: torch.Tensor  # (n, max_answer + 1) answer <eos>, right padded
-
-
-def encode_examples(examples: list[Example]) -> _Encoded:
-    """Tokenise examples into padded tensors."""
-    prompts = [[BOS, *encode(e.prompt)] for e in examples]
-    answers = [[*encode(e.answer), EOS] for e in examples]
-    seqs = [p + a for p, a in zip(prompts, answers)]
-    return _Encoded(_pad(seqs), torch.tensor([len(s) for s in seqs]),
-                    torch.tensor([len(p) for p in prompts]), _pad(answers))
-
-
-def _pad(rows: list[list[int]]) -> torch.Tensor:
-    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row)
-    return out
-
-
-def batch_order(n_examples: int, *, steps: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Indices of the examples of every step, ``(steps, batch_size)``: shuffled epochs."""
+def example_stream(n_examples: int, *, n_drawn: int, seed: int) -> torch.Tensor:
+    """The training example indices in the order the run reads them: shuffled epochs."""
     generator = torch.Generator().manual_seed(seed)
-    need = steps * batch_size
     epochs = [torch.randperm(n_examples, generator=generator)
-              for _ in range(-(-need // n_examples))]
-    return torch.cat(epochs)[:need].view(steps, batch_size)
-
-
-def eval_steps(cumulative: np.ndarray, n_evals: int) -> np.ndarray:
-    """0-based steps after which to evaluate: first crossing of each 1/n_evals of the budget."""
-    thresholds = cumulative[-1] * np.arange(1, n_evals + 1) / n_evals
-    return np.unique(np.searchsorted(cumulative, thresholds - 1e-9))
-
-
-@torch.no_grad()
-def exact_match(model: TinyDecoder, data: _Encoded) -> float:
-    """Greedy-decode every held-out prompt; share whose answer and ``<eos>`` match exactly."""
-    model.train(False)  # evaluation mode
-    n, answer_len = data.answers.shape
-    width = int(data.prompt_lengths.max()) + answer_len
-    buffer = torch.full((n, width), PAD, dtype=torch.long)
-    rows = torch.arange(n)
-    for i, length in enumerate(data.prompt_lengths.tolist()):
-        buffer[i, :length] = data.ids[i, :length]
-    for j in range(answer_len):
-        position = data.prompt_lengths + j
-        logits = model(buffer[:, :int(position.max())])
-        buffer[rows, position] = logits[rows, position - 1].argmax(-1)
-    generated = buffer[rows.unsqueeze(1), data.prompt_lengths.unsqueeze(1) + torch.arange(answer_len)]
-    wanted = data.answers != PAD
-    model.train()
-    return float(((generated == data.answers) | ~wanted).all(1).float().mean())
-
-
-def _step(model, optimizer, batch: torch.Tensor, data: _Encoded, lr: float) -> None:
-    """One optimizer step with the loss on answer tokens (and the final ``<eos>``) only."""
-    length = int(data.lengths[batch].max())
-    ids = data.ids[batch, :length]
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-    position = torch.arange(length - 1)
-    mask = ((position >= data.prompt_lengths[batch, None] - 1)
-            & (position < data.lengths[batch, None] - 1))
-    logits = model(inputs)
-    loss = F.cross_entropy(logits[mask], targets[mask])
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
+              for _ in range(-(-n_drawn // n_examples))]
+    return torch.cat(epochs)[:n_drawn]
 
 
 def _build(config: RunConfig, max_len: int) -> tuple[TinyDecoder, torch.optim.Optimizer]:
@@ -237,38 +219,40 @@ def _build(config: RunConfig, max_len: int) -> tuple[TinyDecoder, torch.optim.Op
     return model, optimizer
 
 
-def train_run(config: RunConfig, *, max_seconds: float | None = None) -> RunResult:
-    """Train one model as ``config`` says and return its held-out exact-match curve.
+def _decision_log(config: RunConfig, log_path: str | Path | None, budget: int):
+    if log_path is None:
+        return None
+    from ..stop.decisionlog import DecisionLog, LogContext
+
+    return DecisionLog(log_path, LogContext(run_id=config.run_id, task=config.task,
+                                            curve_id=f"{config.run_id}/em", budget=budget))
+
+
+def train_run(config: RunConfig, *, max_seconds: float | None = None,
+              log_path: str | Path | None = None) -> RunResult:
+    """Train one model as ``config`` says and return its held-out curves.
 
     Args:
         config: the run.
         max_seconds: stop early (``truncated=True``) once this much wall time has passed;
-            ``None`` runs all planned steps. A truncated run keeps its planned budget.
+            ``None`` spends the whole budget. A truncated run keeps its planned budget.
+        log_path: a JSONL decision log for the batch-size and freezing changes (``None``:
+            none written; the changes are in ``RunResult.events`` either way).
     """
     started = time.perf_counter()
     train, held_out = make_split(config.task, config.difficulty, train_size=config.train_size,
                                  eval_size=config.eval_size, seed=config.seed)
     train_data, eval_data = encode_examples(train), encode_examples(held_out)
-    max_len = max(train_data.ids.shape[1], eval_data.ids.shape[1])
-    model, optimizer = _build(config, max_len)
-    order = batch_order(len(train), steps=config.steps, batch_size=config.batch_size,
-                        seed=config.seed)
-    cumulative = (train_data.lengths[order] - 1).sum(1).cumsum(0).numpy()
-    evals = set(eval_steps(cumulative, config.n_evals).tolist())
-    tokens, steps, values, truncated = [], [], [], False
-    for step in range(config.steps):
-        factor = lr_factor(config.schedule, step, steps=config.steps,
-                           warmup_frac=config.warmup_frac, cooldown_frac=config.cooldown_frac)
-        _step(model, optimizer, order[step], train_data, config.lr * factor)
-        if step in evals:
-            tokens.append(int(cumulative[step]))
-            steps.append(step + 1)
-            values.append(exact_match(model, eval_data))
-        if max_seconds is not None and time.perf_counter() - started > max_seconds:
-            truncated = step + 1 < config.steps
-            break
+    stream = example_stream(len(train), n_drawn=config.steps * config.batch_size,
+                            seed=config.seed)
+    cumulative = (train_data.lengths[stream] - 1).cumsum(0).numpy()
+    model, optimizer = _build(config, max(train_data.ids.shape[1], eval_data.ids.shape[1]))
+    log = _decision_log(config, log_path, int(cumulative[-1]))
+    result = run_loop(config, model, optimizer, train_data, eval_data, stream, cumulative,
+                      batches=batch_rule(config, log=log),
+                      freezer=freeze_rule(config, model, optimizer, log=log),
+                      deadline=None if max_seconds is None else started + max_seconds)
     seconds = time.perf_counter() - started
-    logger.info("run %s: %d evals, final EM %.3f, %.1fs", config.run_id, len(values),
-                values[-1] if values else float("nan"), seconds)
-    return RunResult(config, tuple(tokens), tuple(steps), tuple(values), int(cumulative[-1]),
-                     seconds, truncated)
+    logger.info("run %s: %d evals, final EM %.3f, %.1fs", config.run_id, len(result.values),
+                result.values[-1] if result.values else float("nan"), seconds)
+    return RunResult(config=config, **result.fields(), seconds=seconds)

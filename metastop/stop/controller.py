@@ -119,6 +119,8 @@ class StopController:
         self.curve_id, self.run_id, self.task = str(curve_id), _id(run_id), _id(task)
         self.metric, self.history = _id(metric), history
         self._with_context: StoppingPolicy | None = None
+        self._siblings = _read_siblings(history, self.task, self.metric,
+                                        self.run_id or self.curve_id, self.curve_id)
         self._tasks = TaskCurves(direction)
         self.policy = policy if policy is not None else default_policy(predictor)
         self.log = self._decision_log()
@@ -229,12 +231,17 @@ class StopController:
                                f"continue: prediction failed ({type(error).__name__}: {error})")
 
     def _policy(self, curve: Curve) -> StoppingPolicy:
-        """The policy, with the task's finished runs as context when a history is given
-        (read once per run)."""
+        """The policy, with the task's finished runs as context when a history is given (read
+        when the controller was built; built into a context at the first decision)."""
         if self.history is None:
             return self.policy
         if self._with_context is None:
-            self._with_context = with_context(self.policy, _read_context(self.history, curve))
+            siblings = self._siblings
+            if siblings is None or curve.task != self.task:
+                siblings = _read_siblings(self.history, curve.task, curve.metric,
+                                          curve.run_id or curve.curve_id, curve.curve_id)
+            self._with_context = with_context(self.policy, _context(curve, siblings))
+            self._siblings = None
         return self._with_context
 
     def record(self, history: Any = None) -> int:
@@ -394,10 +401,8 @@ _IGNORED = (Reason.BAD_INPUT, Reason.NON_FINITE)
 
 
 def default_policy(predictor: Any = None) -> CostAware:
-    """The shipped default: ``CostAware`` with ``DEFAULT_PRICE`` and ``DEFAULT_RISK``.
-
-    ``predictor=None`` loads the shipped default model (``Predictor.load()``).
-    """
+    """The shipped default: ``CostAware`` with ``DEFAULT_PRICE`` and ``DEFAULT_RISK``;
+    ``predictor=None`` loads the shipped default model (``Predictor.load()``)."""
     if predictor is None:
         from ..predict.model import Predictor
 
@@ -453,16 +458,20 @@ def _failed(tokens: Any, value: Any, error: BaseException) -> Decision:
                     tokens=_as_float(tokens), value=_as_float(value), best=math.nan)
 
 
-def _read_context(history: Any, curve: Curve) -> Any:
-    """The context of ``curve`` from the history store, or ``None`` (with a warning) if the
-    store cannot be read: a training run never fails for want of its history."""
+def _read_siblings(history: Any, task: str | None, metric: str | None, exclude_run: str,
+                   exclude_curve: str) -> Any:
+    """The finished curves of ``task`` in the history store (``None`` without a store or a
+    task, or, with a warning, if the store cannot be read: a training run never fails for
+    want of its history)."""
+    if history is None or task is None:
+        return None
     from ..curves.history import open_history
-    from ..predict.context import Context
 
     try:
         store = open_history(history)
         try:
-            siblings = store.context_for(curve)
+            return store.siblings(task, metric, exclude_run=exclude_run,
+                                  exclude_curve=exclude_curve)
         finally:
             if store is not history:
                 store.close()
@@ -470,6 +479,14 @@ def _read_context(history: Any, curve: Curve) -> Any:
         logger.warning("metastop: history %s cannot be read, predicting without context: %s",
                        history, error)
         return None
+
+
+def _context(curve: Curve, siblings: Any) -> Any:
+    """``curve``'s context from the siblings read, or ``None`` when there is none."""
+    if not siblings:
+        return None
+    from ..predict.context import Context
+
     context = Context.of(curve, siblings)
     logger.info("metastop: %d finished run(s) of task %r as context", len(context), curve.task)
     return context if len(context) else None
