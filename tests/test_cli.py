@@ -415,3 +415,52 @@ def test_models_clean_removes_what_killed_writers_left(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == [".lock", "default"]  # its own lock stays
     again = CliRunner().invoke(main, ["models", "--root", str(root), "clean"])
     assert "nothing to clean" in again.output
+
+
+# --- refusing what would otherwise end in silence (issue 15) ------------------------------------
+@pytest.mark.parametrize("sub", [(), ("clean",), ("show", "default"), ("rollback",)],
+                         ids=lambda s: " ".join(s) or "list")
+def test_models_with_a_missing_root_fails_and_says_what_to_do(tmp_path, sub):
+    missing = tmp_path / "nonexistent"
+    result = run("models", "--root", missing, *sub)
+    assert result.exit_code == 2, result.output  # a bad option: a usage error
+    assert f"'--root': registry folder {str(missing)!r} does not exist" in result.output
+    assert "give the folder that holds the model versions" in result.output
+    assert not missing.exists()
+
+
+def test_models_with_a_missing_env_registry_fails(tmp_path):
+    missing = tmp_path / "gone"
+    result = CliRunner(env={"METASTOP_MODELS": str(missing)}).invoke(main, ["models"])
+    assert result.exit_code == 1
+    assert f"{str(missing)!r} ($METASTOP_MODELS) does not exist" in result.output
+
+
+def test_report_of_a_curve_table_says_it_is_not_a_decision_log(tmp_path):
+    result = run("report", SAMPLE)
+    assert result.exit_code == 1, result.output
+    assert f"file {SAMPLE}: not a decision log (a Parquet file)" in result.output
+    assert "JSONL" in result.output and "Traceback" not in result.output
+    csv = tmp_path / "curves.csv"
+    CurveSet(list(read_curves(SAMPLE))[:2]).write(csv)
+    result = run("report", csv, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1, result.output
+    assert "no run found" in result.output and "not a decision log" in result.output
+    assert not (tmp_path / "r.json").exists()
+    binary = tmp_path / "log.jsonl"
+    binary.write_bytes(b"\x00\x01\x02\xff{}\n")
+    result = run("report", binary)
+    assert result.exit_code == 1 and "not a decision log (binary)" in result.output
+
+
+def test_ingest_shows_the_reader_warnings_in_its_table(tmp_path):
+    wide = tmp_path / "wandb.csv"
+    wide.write_text("step,eval/exact_match\n100,0.1\n200,NaN\n300,0.3\n400,N/A\n500,0.4\n")
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        main, ["ingest", str(wide), "--tokens-per-step", "1000", "-o", str(tmp_path / "c.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "warnings: read, but not as written" in result.stdout
+    assert "skipped 2 cell(s) holding NaN/None/N/A" in result.stdout
+    data = json.loads(run("ingest", wide, "--tokens-per-step", "1000", "-o",
+                          tmp_path / "d.parquet", "--json", "-").stdout)
+    assert any("skipped 2 cell(s)" in w for w in data["warnings"])  # the same facts as JSON

@@ -283,6 +283,40 @@ def test_file_names_with_separators_or_dots_are_refused(default_files, tmp_path,
         Predictor.load(folder)
 
 
+@pytest.mark.parametrize("name", ["../x", "/tmp/plain", "plain/../..", ".plain", "a\\b"])
+def test_the_plain_twin_name_follows_the_file_name_rule(default_files, tmp_path, name):
+    manifest = _manifest(default_files)
+    manifest["plain_model"] = name
+    folder = write_folder(tmp_path / "m", default_files, manifest)
+    with pytest.raises(ModelError, match=rf"^file {folder}/manifest.json: file name .* must be "
+                                         rf"a plain name inside the model folder"):
+        Predictor.load(folder)
+
+
+def test_the_plain_twin_must_be_a_folder_inside_the_model(default_files, tmp_path):
+    folder = write_folder(tmp_path / "m", default_files, _manifest(default_files))
+    shutil.move(folder / "plain", tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", folder / "plain")
+    with pytest.raises(ModelError, match=rf"^file {folder}/plain: the plain model must be a "
+                                         rf"folder inside the model folder, not a symbolic link"):
+        Predictor.load(folder)
+    (folder / "plain").unlink()
+    (folder / "plain").write_text("a file")
+    with pytest.raises(ModelError, match=r"the plain model must be a folder"):
+        Predictor.load(folder)
+
+
+def test_the_plain_twin_lists_only_files_inside_its_folder(default_files, tmp_path):
+    twin = json.loads(default_files["plain/manifest.json"])
+    twin["files"]["../quantile_0.1.txt"] = twin["files"].pop("quantile_0.1.txt")
+    twin[MANIFEST_SHA256] = manifest_digest(twin)
+    files = {**default_files, "plain/manifest.json": json.dumps(twin).encode()}
+    folder = write_folder(tmp_path / "m", files, _manifest(default_files))
+    with pytest.raises(ModelError, match=rf"^file {folder}/plain/manifest.json: file name "
+                                         rf"'\.\./quantile_0\.1\.txt' must be a plain name"):
+        Predictor.load(folder)
+
+
 def test_symlinked_model_files_and_manifest_are_refused(default_files, tmp_path):
     folder = write_folder(tmp_path / "m", default_files, _manifest(default_files))
     real = tmp_path / "elsewhere.txt"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fixtures.fuzzing import Tally, fuzz_settings
 from metastop.curves import Curve, CurveSet
-from metastop.errors import MetastopError
+from metastop.errors import MetastopError, ModelError
 from metastop.ops.registry import Registry
 from metastop.predict.model import Predictor
 
@@ -158,3 +158,67 @@ def test_a_sabotaged_registry_only_gives_metastop_errors(tmp_path_factory, tiny_
             assert not [p.name for p in root.iterdir() if p.name.startswith(LEFTOVER)]
     assert snapshot(outside) == before
     registry.versions()  # listing always works
+
+
+# --- the pointer read directly: champion.read_pointer and champion_dir ------------------------
+def _pointer(root: Path, content: bytes | str) -> None:
+    """Make ``root/current`` hold ``content``: bytes, or 'folder', 'link', 'fifo', 'huge'."""
+    path = root / "current"
+    if content == "folder":
+        path.mkdir()
+    elif content == "link":
+        (root / "elsewhere.txt").write_text("default\n")
+        os.symlink(root / "elsewhere.txt", path)
+    elif content == "fifo":
+        os.mkfifo(path)
+    elif content == "huge":
+        path.write_bytes(b'{"champion": "default", "reason": "' + b"x" * (2 << 20) + b'"}')
+    else:
+        path.write_bytes(content)
+
+
+@pytest.mark.parametrize("content, rule", [
+    ("folder", "is not a plain file"), ("link", "is a symbolic link"), ("fifo", "is not a plain file"),
+    ("huge", "holds more than 1048576 bytes"), (b"\xff\xfe", "is not UTF-8 text"),
+    (b"{" + b"[" * 100_000 + b"}", "is not valid JSON"), (b"../default", "names no valid version"),
+    (b'{"champion": "default\\n"}', "names no valid version"),
+    (b'{"champion": "/etc"}', "names no valid version"), (b'{"champion": 5}', "names no valid version"),
+    (b'{"champion": "default", "previous": 5}', "'previous' must be a list"),
+], ids=["folder", "link", "fifo", "huge", "not-utf8", "deep", "dotdot", "newline", "absolute",
+        "number", "previous"])
+def test_read_pointer_refuses_any_bad_pointer_with_a_model_error(tmp_path, content, rule):
+    from metastop.predict.champion import champion_dir, read_pointer
+
+    _pointer(tmp_path, content)
+    for read in (read_pointer, champion_dir):
+        with pytest.raises(ModelError, match=rf"^file {tmp_path}/current: .*{rule}.*; remove "
+                                                rf"{tmp_path}/current \(the champion is then"):
+            read(tmp_path)
+
+
+def test_a_linked_champion_folder_is_refused(tmp_path, tiny_model):
+    from metastop.predict.champion import champion_dir
+
+    os.symlink(tiny_model, tmp_path / "v1")
+    _pointer(tmp_path, b'{"champion": "v1", "previous": []}')
+    with pytest.raises(ModelError, match="the champion is a symbolic link"):
+        champion_dir(tmp_path)
+
+
+@fuzz_settings(60, share=0.2)
+@given(content=POINTER_JUNK)
+def test_read_pointer_gives_a_version_name_or_a_model_error(tmp_path_factory, content):
+    from metastop.predict.champion import VERSION_NAME, read_pointer
+
+    root = tmp_path_factory.mktemp("pointer")
+    _pointer(root, content)
+    try:
+        pointer = read_pointer(root)
+    except ModelError as error:
+        assert str(error).startswith(f"file {root}/current: "), str(error)
+        assert "champion pointer" in str(error) and "; remove " in str(error), str(error)
+        TALLY.record("read_pointer", "refused")
+        return
+    assert VERSION_NAME.fullmatch(pointer["champion"]) and "/" not in pointer["champion"]
+    assert all(VERSION_NAME.fullmatch(p) for p in pointer["previous"])
+    TALLY.record("read_pointer", "accepted")

@@ -182,7 +182,8 @@ def analyze(curves_path: str, model: str | None, price: Price, png: str | None,
         if png is not None:
             panels = [CurvePanel(a.curve, a.prediction, a.stop_index, a.seen)
                       for a in results[:max_panels]]
-            curve_grid(panels, png_file, title=_figure_title(Path(curves_path).name, results, price))
+            title = _figure_title(Path(curves_path).name, results, price)
+            curve_grid(panels, png_file, title=title)
         if json_path is not None:
             write_json({"price": price.to_dict(), "curves": [a.to_dict() for a in results],
                         "summary": summary}, json_file)
@@ -360,7 +361,7 @@ def plot(curves_path: str, curve_ids: tuple[str, ...], output: str, fraction: fl
     from ..evaluate.plotting import CurvePanel, curve_grid
     from ..evaluate.suite import make_policy
 
-    check_output(output, "--output", suffixes=PNG)
+    check_output(output, "-o/--output", suffixes=PNG)
     curves = _read_curve_files([curves_path])
     try:
         chosen = [curves[i] for i in curve_ids] if curve_ids else list(curves)[:12]

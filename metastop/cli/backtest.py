@@ -9,14 +9,19 @@ import click
 from ..stop.prices import Price
 from .analysis import CONTEXT_HELP, HISTORY_HELP, context_mode, curve_contexts
 from .main import (
+    JSON,
+    PNG,
     _load_predictor,
     _model_option,
     _price_option,
     _progress_bar,
     _read_curve_files,
+    _seed_option,
+    check_output,
     library_errors,
     main,
     print_table,
+    staged,
     write_json,
 )
 
@@ -25,7 +30,7 @@ from .main import (
 @click.argument("curves_paths", metavar="CURVES...", nargs=-1, required=True,
                 type=click.Path(dir_okay=False))
 @click.option("--json", "json_path", default=None, metavar="OUT",
-              help="Write the backtest JSON to OUT ('-' for standard output): n_curves, "
+              help="Write the backtest JSON to OUT (.json, or '-' for standard output): n_curves, "
                    "prediction (mae_at, coverage_80), policies (name, params, "
                    "token_savings_mean, em_loss_mean, em_loss_p95, n_curves), frontier, "
                    "context, and with --by-run a by_run list (see the README).")
@@ -36,12 +41,12 @@ from .main import (
 @click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Deliver the best checkpoint seen (best) or the last one (last).")
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
-              help="Write the frontier figure (token savings vs EM loss) to this PNG.")
+              help="Write the frontier figure (token savings vs EM loss) to this .png file.")
 @click.option("--no-sweep", is_flag=True, help="Skip the frontier sweeps (faster).")
 @_model_option
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Use a seeded random sample of at most this many curves.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
+@_seed_option
 @click.option("--context", type=click.Choice(["none", "leave-one-run-out"]), default=None,
               help=CONTEXT_HELP)
 @click.option("--history", default=None, metavar="URL", help=HISTORY_HELP)
@@ -68,6 +73,8 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
     from ..evaluate.analysis import sample
     from ..evaluate.suite import STANDARD_POLICIES, run_suite
 
+    check_output(json_path, "--json", suffixes=JSON)
+    check_output(png, "--png", suffixes=PNG)
     everything = _read_curve_files(curves_paths)
     curves = sample(everything, limit, seed=seed)
     names = tuple(dict.fromkeys(policies)) or STANDARD_POLICIES
@@ -82,10 +89,11 @@ def backtest(curves_paths: tuple[str, ...], json_path: str | None, policies: tup
         extra["comparison"] = compare(suite.report("metastop"), suite.report("patience-5")).to_dict()
     if by_run:
         extra["by_run"] = by_run_section(curves, predictor, price, contexts)
-    if json_path is not None:
-        write_json(suite.to_json(extra), json_path)
-    if png is not None:
-        _frontier_png(suite, png)
+    with staged(json_path, png) as (json_file, png_file):
+        if json_path is not None:
+            write_json(suite.to_json(extra), json_file)
+        if png is not None:
+            _frontier_png(suite, png_file)
     if json_path != "-":
         _print_suite(suite)
         if "comparison" in extra:

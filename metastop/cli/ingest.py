@@ -60,7 +60,7 @@ def ingest_command(sources: tuple[Path, ...], output: Path, metric: str | None,
     """
     from ..ingest import read_sources
 
-    check_output(output, "--output", suffixes=TABLE_SUFFIXES)
+    check_output(output, "-o/--output", suffixes=TABLE_SUFFIXES)
     check_output(json_path, "--json", suffixes=JSON)
     with _progress_bar(f"reading {len(sources)} sources") as progress:
         result = read_sources(_counted(sources, progress), on_error=on_error, metric=metric,
@@ -82,5 +82,5 @@ def _print_ingest(result: Any, output: Path) -> None:
     if result.dropped:
         print_table("dropped", ["#", "what and why"], list(enumerate(result.dropped, 1)))
     if result.warnings:
-        print_table("warnings: read, but not as written", ["#", "what the reader skipped or changed"],
-                    list(enumerate(result.warnings, 1)))
+        print_table("warnings: read, but not as written",
+                    ["#", "what the reader skipped or changed"], list(enumerate(result.warnings, 1)))

@@ -92,16 +92,18 @@ def check_output(path: str | os.PathLike | None, option: str, *,
     and ``-`` (standard output) pass.
 
     Raises:
-        click.BadParameter: naming ``option``, the path and the rule (exit status 2).
+        click.BadParameter: naming ``option`` (``-o/--output`` names both spellings),
+            the path and the rule (exit status 2).
     """
     if path is None or str(path) == "-":
         return
     if not str(path):
-        problem: str | None = "an empty path; give a file name"
+        problem: str | None = "an empty path"
     else:
         problem = _folder_problem(Path(path)) if folder else _file_problem(Path(path), suffixes)
     if problem is not None:
-        raise click.BadParameter(f"{str(path)!r}: {problem}", param_hint=f"'{option}'")
+        hint = " / ".join(f"'{name}'" for name in option.split("/"))
+        raise click.BadParameter(f"{str(path)!r}: {problem}", param_hint=hint)
 
 
 def _file_problem(path: Path, suffixes: Sequence[str]) -> str | None:
@@ -121,7 +123,7 @@ def _file_problem(path: Path, suffixes: Sequence[str]) -> str | None:
 def _folder_problem(path: Path) -> str | None:
     if path.exists() and not path.is_dir():
         return "is a file; give a folder"
-    above = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    above = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not above.is_dir():
         return f"{str(above)!r} is not a folder"
     return _writable(above)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +26,7 @@ def models(ctx: click.Context, root: str | None, as_json: bool) -> None:
       metastop models
       metastop models show default
     """
+    _check_root(root)
     ctx.obj = {"root": root, "as_json": as_json}
     if ctx.invoked_subcommand is not None:
         return
@@ -37,6 +40,31 @@ def models(ctx: click.Context, root: str | None, as_json: bool) -> None:
             for v in versions]
     print_table(f"model versions in {Registry(root).root}",
                 ["version", "champion", "created", "metrics", "problem"], rows)
+
+
+def _check_root(root: str | None) -> None:
+    """Refuse a registry folder that was named (``--root``: exit status 2, or
+    ``$METASTOP_MODELS``: 1) but is not there: listing it would show nothing and exit 0, as
+    if the registry were empty."""
+    from ..predict.champion import ENV_ROOT
+
+    if root is not None:
+        named, given = root, "--root"
+    elif os.environ.get(ENV_ROOT):
+        named, given = os.environ[ENV_ROOT], f"${ENV_ROOT}"
+    else:
+        return
+    if named and Path(named).is_dir():
+        return
+    problem = ("is not a folder" if Path(named).exists() else "does not exist") if named else \
+        "is an empty path"
+    where = "" if root is not None else f" ({given})"  # click names the option itself
+    message = (f"registry folder {named!r}{where} {problem}: give the folder that holds the "
+               f"model versions (a `metastop retrain --registry` folder), or leave out {given} "
+               f"for the project's models/")
+    if root is not None:  # a bad option: a usage error, exit status 2
+        raise click.BadParameter(message, param_hint="'--root'")
+    raise click.ClickException(message)
 
 
 def _metrics_text(metrics: dict[str, Any], limit: int = 6) -> str:

@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from .main import _progress_bar, library_errors, main, print_table, write_json
+from .main import (
+    JSON,
+    PNG,
+    _progress_bar,
+    check_output,
+    library_errors,
+    main,
+    print_table,
+    staged,
+    write_json,
+)
 
 
 # --- retrain / report ------------------------------------------------------------------
@@ -25,7 +35,7 @@ from .main import _progress_bar, library_errors, main, print_table, write_json
 @click.option("--registry", "registry_root", type=click.Path(file_okay=False), default=None,
               help="Model registry folder (default: $METASTOP_MODELS or the project's models/).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Report folder (default: reports/retrain/<UTC time>).")
+              help="Report folder, created if missing (default: reports/retrain/<UTC time>).")
 @click.option("--force", is_flag=True, help="Promote the challenger even if it is not better.")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Train the boosters on this running Dask cluster (tcp://host:8786).")
@@ -36,7 +46,7 @@ from .main import _progress_bar, library_errors, main, print_table, write_json
 @click.option("--min-improvement", type=click.FloatRange(0, 1, max_open=True), default=0.01,
               show_default=True, help="Relative MAE improvement needed to promote.")
 @click.option("--json", "json_path", default=None, metavar="PATH",
-              help="Also write the report JSON to PATH ('-' for standard output).")
+              help="Also write the report JSON to PATH (.json, or '-' for standard output).")
 @library_errors
 def retrain_command(curves: tuple[Path, ...], data_dir: Path | None, no_corpus: bool,
                     max_curves: int | None, runs_dir: str | None, registry_root: str | None, out: str | None,
@@ -60,6 +70,8 @@ def retrain_command(curves: tuple[Path, ...], data_dir: Path | None, no_corpus: 
     from ..ops.registry import Registry
     from ..ops.retrain import retrain
 
+    check_output(out, "--out", folder=True)
+    check_output(json_path, "--json", suffixes=JSON)
     corpora = () if no_corpus else (default_corpora(data_dir) if data_dir else default_corpora())
     params = {**DEFAULT_PARAMS, **{k: v for k, v in (("n_estimators", n_estimators),
                                                      ("num_threads", num_threads)) if v is not None}}
@@ -91,9 +103,9 @@ def retrain_command(curves: tuple[Path, ...], data_dir: Path | None, no_corpus: 
 @click.option("--governor-state", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Governor state JSON: its price changes and loss budget are shown.")
 @click.option("--json", "json_path", default=None, metavar="OUT",
-              help="Write the report as JSON to OUT ('-' for standard output).")
+              help="Write the report as JSON to OUT (.json, or '-' for standard output).")
 @click.option("--png", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG: tokens saved and shadow EM loss (95% CI) per task.")
+              help="Write a PNG (a .png path): tokens saved and shadow EM loss (95% CI) per task.")
 @library_errors
 def report_command(logs: tuple[Path, ...], pricebook: str | None, governor_state: str | None,
                    json_path: str | None, png: str | None) -> None:
@@ -112,13 +124,18 @@ def report_command(logs: tuple[Path, ...], pricebook: str | None, governor_state
     from ..ops.report import REPORT_COLUMNS, fleet_report, plot_report, report_rows
     from ..stop.prices import PriceBook
 
+    check_output(json_path, "--json", suffixes=JSON)
+    check_output(png, "--png", suffixes=PNG)
+    _refuse_other_files(logs)
     book = PriceBook.read(pricebook) if pricebook else None
     governor = Governor.load(governor_state, pricebook=book) if governor_state else None
     result = fleet_report(logs, pricebook=book, governor=governor)
-    if json_path is not None:
-        write_json(result.to_dict(), json_path)
-    if png is not None:
-        plot_report(result, png)
+    _refuse_no_records(logs, result)
+    with staged(json_path, png) as (json_file, png_file):
+        if json_path is not None:
+            write_json(result.to_dict(), json_file)
+        if png is not None:
+            plot_report(result, png_file)
     if json_path == "-":
         return
     print_table(f"metastop report: {result.overall.runs} runs", REPORT_COLUMNS,
@@ -137,3 +154,42 @@ def _price_text(data: dict[str, Any]) -> str:
     from ..stop.prices import Price
 
     return str(Price.from_dict(data))
+
+
+LOG_HINT = ("metastop report reads decision logs: JSONL, one JSON object per line, as "
+            "metastop's DecisionLog writes them (curve tables go to `metastop analyze`)")
+
+
+def _refuse_other_files(logs: tuple[Path, ...]) -> None:
+    """Refuse a named file that is plainly not a decision log: Parquet, or binary from its
+    first byte (a log starts with '{'; one whose tail a crash left zero-filled still reads)."""
+    for path in logs:
+        if not path.is_file():
+            continue  # folders are searched for *.jsonl; a missing path is the reader's error
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 12)
+        kind = "a Parquet file" if head.startswith(b"PAR1") else (
+            "binary" if not head.lstrip().startswith(b"{") and not _text(head) else None)
+        if kind is not None:
+            raise click.ClickException(f"file {path}: not a decision log ({kind}); {LOG_HINT}")
+
+
+def _text(head: bytes) -> bool:
+    """Whether ``head`` (the start of a file) is text: no NUL byte, UTF-8 (a character cut
+    at its end allowed)."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(head) - 3 and error.reason == "unexpected end of data"
+    return True
+
+
+def _refuse_no_records(logs: tuple[Path, ...], result: Any) -> None:
+    """Refuse logs where every line was skipped: none of them is a decision log."""
+    if result.overall.runs == 0 and result.skipped:
+        names = ", ".join(str(p) for p in logs)
+        raise click.ClickException(f"{names}: no run found, {len(result.skipped)} line(s) "
+                                   f"skipped as not decision records (first: "
+                                   f"{result.skipped[0]}): not a decision log? {LOG_HINT}")

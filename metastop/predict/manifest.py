@@ -41,7 +41,7 @@ from ..curves import atomic_path
 from ..curves.paths import MODELS_DIR
 from ..errors import ModelError
 from .booster_text import check_booster_text
-from .champion import MANIFEST, POINTER, champion_dir, default_root
+from .champion import MANIFEST, champion_dir, default_root, read_pointer
 from .context import CONTEXT_NAMES
 from .features import FEATURE_NAMES, FEATURE_VERSION
 from .kinds import BUCKET_EDGES, N_BASE_CELLS, N_CELLS, N_KINDS, PRIOR_EDGES
@@ -426,37 +426,13 @@ def write_model_dir(directory: Path, manifest: dict[str, Any],
 
 # --- the champion pointer --------------------------------------------------------------------
 def check_pointer(root: Path) -> None:
-    """``ModelError`` naming ``root/current`` and what to do unless it is absent or a plain
-    UTF-8 file (not a link or folder) holding a name or a JSON object whose ``previous`` is a
-    list; ``champion.read_pointer`` then reads it."""
-    path = root / POINTER
-    if not os.path.lexists(path):
-        return
-    fix = (f"; remove {path} (the champion is then 'default') and promote a version again")
-    try:
-        text = read_plain(path, "the champion pointer", limit=1 << 20).decode("utf-8")
-    except ModelError as error:
-        raise ModelError(f"{error}{fix}") from None
-    except UnicodeDecodeError:
-        raise ModelError(f"file {path}: the champion pointer is not UTF-8 text{fix}") from None
-    if text.strip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as error:
-            raise ModelError(f"file {path}: the champion pointer is not valid JSON "
-                             f"({_brief(error, 80)}){fix}") from None
-        if not isinstance(data.get("previous", []), list):
-            raise ModelError(f"file {path}: the champion pointer's 'previous' must be a list "
-                             f"of version names, got {_brief(data.get('previous'))}{fix}")
+    """``ModelError`` naming ``root/current`` and what to do unless it is absent or a pointer
+    ``champion.read_pointer`` accepts (a plain UTF-8 file, not a link or folder, naming a
+    version); kept for the registry, which checks before it reads."""
+    read_pointer(root)
 
 
 def champion_folder(root: str | os.PathLike | None = None) -> Path:
-    """The champion's folder (``champion.champion_dir``) once the pointer passed
-    ``check_pointer``: ``ModelError``, never another exception, for any pointer content."""
-    root = Path(root) if root is not None else default_root()
-    check_pointer(root)
-    path = champion_dir(root)
-    if path.is_symlink():
-        raise ModelError(f"file {path}: the champion is a symbolic link; the registry only "
-                         f"serves folders it copied in: promote a version it holds")
-    return path
+    """The champion's folder (``champion.champion_dir``, which checks the pointer and
+    refuses a linked champion): ``ModelError``, never another exception, for any pointer."""
+    return champion_dir(Path(root) if root is not None else default_root())

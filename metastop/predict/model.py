@@ -39,7 +39,7 @@ from .champion import MANIFEST
 from .context import CONTEXT_NAMES, SiblingPool, as_context, context_matrix
 from .features import FEATURE_NAMES, FEATURE_VERSION, PrefixBatch, feature_matrix
 from .kinds import N_BASE_CELLS, N_CELLS, _cell, _is_perplexity
-from .manifest import (FORMAT, FORMAT_VERSION, model_files, read_booster,
+from .manifest import (FORMAT, FORMAT_VERSION, check_file_name, model_files, read_booster,
                        read_predictor_manifest, write_model_dir)
 from .prediction import Prediction
 from .prior import _prior, prior_scores
@@ -435,9 +435,13 @@ def _plain_from(manifest: dict[str, Any], directory: Path) -> Predictor | None:
     name = manifest.get("plain_model")
     if name is None:
         return None
+    check_file_name(name, directory / MANIFEST)  # the rule of every name a manifest lists
     if name != PLAIN_DIR:
         raise ModelError(f"file {directory / MANIFEST}: plain_model must be {PLAIN_DIR!r} (a "
                          f"folder inside the model), got {name!r}")
+    if (directory / PLAIN_DIR).is_symlink() or not (directory / PLAIN_DIR).is_dir():
+        raise ModelError(f"file {directory / PLAIN_DIR}: the plain model must be a folder "
+                         f"inside the model folder, not a symbolic link or a file")
     twin = Predictor.load(directory / PLAIN_DIR)
     if twin.context:
         raise ModelError(f"file {directory / PLAIN_DIR / MANIFEST}: the plain model must not "
