@@ -51,4 +51,4 @@ fuzz: $(STAMP_DEV)
 	rm -f reports/fuzz.json
 	METASTOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) METASTOP_FUZZ_REPORT=reports/fuzz.json \
 		$(BIN)/python -m pytest tests/test_fuzz_readers.py tests/test_fuzz_models.py \
-		tests/test_fuzz_registry.py -q -p no:cacheprovider -W ignore::hypothesis.errors.HypothesisWarning
+		tests/test_fuzz_registry.py tests/test_fuzz_cli.py -q -p no:cacheprovider -W ignore::hypothesis.errors.HypothesisWarning
