@@ -21,7 +21,8 @@ torch = pytest.importorskip("torch")
 
 from metastop.generate.report import data_card, plot_shape_examples, summary_tables  # noqa: E402
 from metastop.generate.sweep import run_sweep, sample_configs  # noqa: E402
-from metastop.generate.train import RunConfig, batch_order, lr_factor, train_run  # noqa: E402
+from metastop.generate.train import RunConfig, example_stream, lr_factor, train_run  # noqa: E402
+from metastop.ingest import read_curves  # noqa: E402
 
 TINY = RunConfig(task="sorting", difficulty=3, d_model=16, n_layers=1, n_heads=2, lr=3e-3,
                  batch_size=8, train_size=40, steps=30, eval_size=16, n_evals=6, seed=3)
@@ -111,6 +112,21 @@ def test_make_split_rejects_bad_parameters(kwargs, message):
     (dict(d_model=30, n_heads=4), "d_model must be divisible by n_heads=4, got d_model=30"),
     (dict(n_evals=50, steps=10), "n_evals must be <= steps=10, got n_evals=50"),
     (dict(warmup_frac=0.5, cooldown_frac=0.5), "warmup_frac \\+ cooldown_frac must be < 1"),
+    (dict(batch_rule="grow"), r"batch_rule must be one of \('fixed', 'ramp', 'adaptive'\), "
+                              r"got batch_rule='grow'"),
+    (dict(freeze_rule="all"), r"freeze_rule must be one of .*got freeze_rule='all'"),
+    (dict(lr_scaling="cubic"), r"lr_scaling must be one of .*got lr_scaling='cubic'"),
+    (dict(micro_batch=-2), r"micro_batch must be >= 0 \(0: batch_size\), got micro_batch=-2"),
+    (dict(batch_size=32, micro_batch=12), "batch_size must be a multiple of micro_batch=12, "
+                                          "got batch_size=32"),
+    (dict(batch_size=32, max_batch_size=64), "max_batch_size must be 0 or batch_size=32 for "
+                                             "batch_rule='fixed', got max_batch_size=64"),
+    (dict(batch_rule="ramp", batch_size=32), "max_batch_size must be > batch_size=32 for "
+                                             "batch_rule='ramp', got max_batch_size=0"),
+    (dict(batch_rule="ramp", batch_size=32, max_batch_size=80),
+     "max_batch_size must be a multiple of micro_batch=32, got max_batch_size=80"),
+    (dict(batch_rule="adaptive", batch_size=32, max_batch_size=128),
+     r"batch_size must be >= 2 \* micro_batch=32 for batch_rule='adaptive'"),
 ])
 def test_run_config_rejects_bad_parameters(kwargs, message):
     with pytest.raises(ParameterError, match=message):
@@ -118,66 +134,142 @@ def test_run_config_rejects_bad_parameters(kwargs, message):
         train_run(config)
 
 
-def test_lr_schedules():
+def test_lr_schedules_follow_token_progress():
+    progress = np.linspace(0.0, 1.0, 101)
+
     def factors(schedule):
-        return [lr_factor(schedule, s, steps=100, warmup_frac=0.1, cooldown_frac=0.2)
-                for s in range(100)]
+        return np.array([lr_factor(schedule, p, warmup_frac=0.1, cooldown_frac=0.2)
+                         for p in progress])
     for schedule in ("cosine", "linear", "constant_cooldown", "constant"):
         f = factors(schedule)
-        assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert factors("cosine")[-1] < 0.01 and factors("linear")[-1] < 0.02
+        assert f[0] == 0.0 and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(1.0)
+        assert np.all((f >= 0) & (f <= 1))
+    assert factors("cosine")[-1] < 1e-9 and factors("linear")[-1] < 1e-9
+    assert factors("cosine")[55] == pytest.approx(0.5)
     cooldown = factors("constant_cooldown")
-    assert all(v == 1.0 for v in cooldown[10:80])
-    assert cooldown[-1] < 0.1 and all(np.diff(cooldown[80:]) < 0)
-    assert all(v == 1.0 for v in factors("constant")[10:])
+    assert np.all(cooldown[10:81] == 1.0)
+    assert cooldown[-1] < 1e-9 and np.all(np.diff(cooldown[80:]) < 0)
+    assert np.all(factors("constant")[10:] == 1.0)
 
 
 def _expected_tokens(config: RunConfig) -> np.ndarray:
-    """Input tokens per step, counted independently: <bos> + prompt + answer per example."""
+    """Input tokens per example of the stream, counted independently: <bos> + prompt + answer."""
     train, _ = make_split(config.task, config.difficulty, train_size=config.train_size,
                           eval_size=config.eval_size, seed=config.seed)
     sizes = np.array([1 + len(e.prompt) + len(e.answer) for e in train])
-    order = batch_order(len(train), steps=config.steps, batch_size=config.batch_size,
-                        seed=config.seed).numpy()
-    return sizes[order].sum(1).cumsum()
+    stream = example_stream(len(train), n_drawn=config.steps * config.batch_size,
+                            seed=config.seed).numpy()
+    return sizes[stream].cumsum()
 
 
 def test_train_run_counts_tokens_exactly_and_is_deterministic():
     result = train_run(TINY)
     expected = _expected_tokens(TINY)
-    assert result.budget == expected[-1]
+    assert result.budget == expected[-1] and result.tokens[-1] == result.budget
     assert np.all(np.diff(result.tokens) > 0)
-    assert list(result.tokens) == [int(expected[s - 1]) for s in result.steps]
-    assert result.steps[-1] == TINY.steps and len(result.values) == TINY.n_evals
+    assert list(result.tokens) == [int(expected[s * TINY.batch_size - 1]) for s in result.steps]
+    assert result.steps[-1] == result.optimizer_steps == TINY.steps
+    assert len(result.values) == len(result.eval_losses) == TINY.n_evals
     assert all(0.0 <= v <= 1.0 for v in result.values)
+    assert set(result.batch_sizes) == {TINY.batch_size} and set(result.frozen) == {0}
+    assert result.backward_flops > 0 and result.backward_flops_saved == 0 and not result.events
     again = train_run(TINY)
-    assert again.values == result.values and again.tokens == result.tokens
+    assert again == result  # every curve, count and event (wall time aside)
     other_seed = train_run(RunConfig(**{**TINY.__dict__, "seed": 4}))
     assert other_seed.tokens != result.tokens
 
 
+RAMP = RunConfig(**{**TINY.__dict__, "batch_rule": "ramp", "max_batch_size": 32,
+                    "lr_scaling": "sqrt"})
+ADAPTIVE = RunConfig(**{**TINY.__dict__, "batch_rule": "adaptive", "micro_batch": 4,
+                        "max_batch_size": 32, "lr_scaling": "linear"})
+
+
+@pytest.mark.parametrize("config", [RAMP, ADAPTIVE], ids=["ramp", "adaptive"])
+def test_batch_rules_spend_the_same_token_budget(config):
+    fixed, result = train_run(TINY), train_run(config)
+    assert result.budget == fixed.budget and result.tokens[-1] == fixed.budget
+    assert result.backward_flops == pytest.approx(fixed.backward_flops)
+    assert result.tokens[0] >= fixed.budget / TINY.n_evals
+    assert min(result.batch_sizes) >= TINY.batch_size and max(result.batch_sizes) <= 32
+    if config is RAMP:
+        assert result.batch_sizes[-1] == 32 and result.optimizer_steps < fixed.optimizer_steps
+    assert train_run(config) == result
+
+
+def test_accumulated_micro_batches_match_one_batch():
+    """Gradient accumulation (loss / accumulation): two micro-batches of 4 ~ one of 8."""
+    whole, split = train_run(TINY), train_run(RunConfig(**{**TINY.__dict__, "micro_batch": 4}))
+    assert split.tokens == whole.tokens and split.optimizer_steps == whole.optimizer_steps
+    np.testing.assert_allclose(split.eval_losses, whole.eval_losses, rtol=0.05)
+
+
+def test_each_run_gives_an_em_curve_and_an_eval_loss_curve():
+    frame = train_run(TINY).frame()
+    curves = CurveSet.from_frame(frame)
+    em, loss = curves[f"{TINY.run_id}/em"], curves[f"{TINY.run_id}/eval_loss"]
+    assert (em.metric, em.direction, loss.metric, loss.direction) == (
+        "exact_match", "maximize", "eval_loss", "minimize")
+    assert em.run_id == loss.run_id == TINY.run_id and em.task == loss.task == "sorting"
+    assert em.budget == loss.budget and list(em.tokens) == list(loss.tokens)
+    assert np.all(np.isfinite(loss.values)) and np.all(loss.values > 0)
+    assert loss.values[-1] < loss.values[0]  # the loss falls as the model learns
+    per_point = frame[["step", "current_batch_size", "frozen_blocks", "backward_flops"]]
+    assert per_point.notna().all().all() and frame["backward_flops"].is_monotonic_increasing is not None
+    assert set(frame["optimizer_steps"]) == {TINY.steps}
+
+
+def test_teacher_forced_exact_match_equals_greedy_decoding():
+    """One teacher-forced pass gives the same EM as decoding token by token."""
+    from metastop.generate.evalset import (answer_loss, encode_examples, evaluate,
+                                           greedy_exact_match)
+    from metastop.generate.train import _build
+
+    config = RunConfig(task="reversal", difficulty=4, d_model=32, n_layers=1, n_heads=2,
+                       lr=1e-2, batch_size=32, train_size=400, steps=150, eval_size=128, seed=0)
+    train, held_out = make_split("reversal", 4, train_size=400, eval_size=128, seed=0)
+    train_data, data = encode_examples(train), encode_examples(held_out)
+    model, optimizer = _build(config, max(train_data.ids.shape[1], data.ids.shape[1]))
+    assert evaluate(model, data).exact_match == greedy_exact_match(model, data) == 0.0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(config.steps):
+        optimizer.zero_grad()
+        answer_loss(model, train_data, torch.randint(0, 400, (32,), generator=generator)).backward()
+        optimizer.step()
+    scores = evaluate(model, data)
+    assert 0.0 < scores.exact_match == greedy_exact_match(model, data) < 1.0
+    assert 0.0 < scores.eval_loss < 3.0
+
+
 def test_training_learns_an_easy_task():
     config = RunConfig(task="sorting", difficulty=3, d_model=32, n_layers=1, n_heads=2,
-                       lr=1e-2, batch_size=32, train_size=400, steps=250, eval_size=32,
+                       lr=1e-2, batch_size=32, train_size=400, steps=250, eval_size=64,
                        n_evals=5, schedule="cosine", seed=0)
     values = train_run(config).values
     assert values[-1] > 0.5 and values[-1] > values[0]
 
 
-def test_one_run_sweep_gives_a_valid_resumable_curve(tmp_path):
+def test_one_run_sweep_gives_valid_resumable_curves(tmp_path):
     outcome = run_sweep([TINY], cache_dir=tmp_path / "runs", n_jobs=1)
     assert (outcome.n_trained, outcome.n_cached, outcome.n_skipped) == (1, 0, 0)
     frame = outcome.frame
-    curves = CurveSet.from_frame(frame)
+    curves = read_curves(_write(frame, tmp_path / "curves.parquet"))
+    assert sorted(curves.ids) == [f"{TINY.run_id}/em", f"{TINY.run_id}/eval_loss"]
     curve = curves[f"{TINY.run_id}/em"]
     assert curve.metric == "exact_match" and curve.direction == "maximize"
     assert curve.task == "sorting" and curve.run_id == TINY.run_id
     assert curve.budget == _expected_tokens(TINY)[-1]
     assert curve.meta["d_model"] == 16 and curve.meta["schedule"] == "cosine"
+    assert curve.meta["batch_rule"] == "fixed" and curve.meta["eval_size"] == 16
     assert frame["step"].tolist()[-1] == TINY.steps
     again = run_sweep([TINY], cache_dir=tmp_path / "runs", n_jobs=1)
     assert (again.n_trained, again.n_cached) == (0, 1)
     pd.testing.assert_frame_equal(again.frame, frame)
+
+
+def _write(frame: pd.DataFrame, path) -> str:
+    frame.to_parquet(path, index=False)
+    return str(path)
 
 
 def test_sweep_skips_runs_after_the_deadline(tmp_path):
@@ -191,6 +283,38 @@ def test_sweep_skips_runs_after_the_deadline(tmp_path):
     assert (outcome.n_trained, outcome.n_cached, outcome.n_skipped) == (0, 1, 1)
     assert seen == [(1, 1, late.run_id, None)]
     assert set(outcome.frame["run_id"]) == {TINY.run_id}
+
+
+_INTERRUPTED = """
+import sys
+from metastop.generate.sweep import run_sweep
+from metastop.generate.train import RunConfig
+base = dict(task="sorting", difficulty=3, d_model=16, n_layers=1, n_heads=2, lr=3e-3,
+            batch_size=8, train_size=40, steps=30, eval_size=16, n_evals=6)
+configs = [RunConfig(**base, seed=s) for s in range(6)]
+run_sweep(configs, cache_dir=sys.argv[1], n_jobs=1,
+          on_run=lambda done, *_: print("done", done, flush=True))
+"""
+
+
+def test_cache_survives_an_interrupted_sweep(tmp_path):
+    """Kill a sweep after its second run: the finished runs stay cached and a rerun trains
+    only the rest; a temporary file left by a killed writer is ignored."""
+    cache = tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, str(cache)],
+                               stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.strip() == "done 2":
+            break
+    process.kill()
+    process.wait()
+    (cache / ".stray.parquet.tmp").write_bytes(b"half a file")
+    finished = len(list(cache.glob("*.parquet")))
+    assert 2 <= finished < 6
+    configs = [RunConfig(**{**TINY.__dict__, "seed": s}) for s in range(6)]
+    outcome = run_sweep(configs, cache_dir=cache, n_jobs=1)
+    assert (outcome.n_cached, outcome.n_trained) == (finished, 6 - finished)
+    assert outcome.frame["run_id"].nunique() == 6 and len(CurveSet.from_frame(outcome.frame)) == 12
 
 
 def test_sample_configs_is_seeded_varied_and_a_stable_prefix():
@@ -269,8 +393,20 @@ def test_report_figure_and_tables(tmp_path):
     assert "| plateau_then_jump | 2 | 18% |" in tables
     card = data_card(curves, command="python scripts/generate_curves.py", wall_minutes=3)
     assert card.startswith("## `em_curves.parquet`")
-    assert "11 held-out exact-match (EM) curves, 275 points\n(25 per curve)" in card
-    assert "    python scripts/generate_curves.py" in card and tables in card
+    assert "11 curves of 11 training runs" in card
+    assert "at the same points (25\nper curve, 275 points each kind)" in card
+    assert "Runs that learn:" in tables and "| all | 11 |" in tables
+    assert "**How.** python scripts/generate_curves.py" in card and tables in card
+
+
+def test_report_reads_shapes_from_em_curves_and_draws_the_loss_below(tmp_path):
+    curves = CurveSet.from_frame(pd.concat([train_run(TINY).frame(), train_run(RAMP).frame()]))
+    assert len(curves) == 4
+    tables = summary_tables(curves)
+    assert "| all | 2 |" in tables  # two runs, not four curves
+    assert "| fixed | 1 |" in tables and "| ramp | 1 |" in tables
+    path = plot_shape_examples(curves, tmp_path / "shapes.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the script --------------------------------------------------------------------------
@@ -284,4 +420,5 @@ def test_script_help_has_an_example_and_bad_sweep_is_named():
     assert out.returncode == 0 and "example: python scripts/generate_curves.py --sweep" in out.stdout
     bad = _script("--sweep", "0:many:4", "--collect-only")
     assert bad.returncode == 2
-    assert "--sweep must look like SEED:N_RUNS:SECONDS[:TASK+TASK] (e.g. 0:360:4), got '0:many:4'" in bad.stderr
+    assert ("--sweep must look like SEED:N_RUNS:SECONDS[:TASKS[:LEVERS]] (e.g. 0:360:4 or "
+            "1:200:3:all:fixed+ramp), got '0:many:4'") in bad.stderr

@@ -1,8 +1,9 @@
-"""Held-out evaluation of a tiny decoder: exact match by greedy decoding and answer-token loss.
+"""Held-out evaluation of a tiny decoder: greedy exact match and answer-token loss.
 
 Examples are tokenised once into padded tensors (:func:`encode_examples`); the same answer
 mask serves the training loss and the evaluation loss, so both average the cross-entropy
-over the answer tokens and the final ``<eos>`` only.
+over the answer tokens and the final ``<eos>`` only. One teacher-forced pass gives both
+held-out numbers (:func:`evaluate`).
 
 Example:
     >>> from metastop.generate.tasks import make_split
@@ -50,37 +51,56 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def answer_loss(model: TinyDecoder, data: Encoded, rows: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens (and ``<eos>``) of examples ``rows``.
-
-    Teacher-forced: the model reads ``<bos> prompt answer`` and predicts each next token;
-    prompt positions and padding are masked out.
-    """
+def _teacher_forced(model: TinyDecoder, data: Encoded,
+                    rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits, targets, mask)`` of examples ``rows``: the model reads ``<bos> prompt
+    answer`` and predicts each next token; ``mask`` marks the answer tokens and ``<eos>``."""
     length = int(data.lengths[rows].max())
     ids = data.ids[rows, :length]
-    inputs, targets = ids[:, :-1], ids[:, 1:]
     position = torch.arange(length - 1)
     mask = ((position >= data.prompt_lengths[rows, None] - 1)
             & (position < data.lengths[rows, None] - 1))
-    logits = model(inputs)
+    return model(ids[:, :-1]), ids[:, 1:], mask
+
+
+def answer_loss(model: TinyDecoder, data: Encoded, rows: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens (and ``<eos>``) of examples ``rows``."""
+    logits, targets, mask = _teacher_forced(model, data, rows)
     return F.cross_entropy(logits[mask], targets[mask])
 
 
-@torch.no_grad()
-def eval_loss(model: TinyDecoder, data: Encoded) -> float:
-    """Answer-token cross-entropy on the whole held-out set (one teacher-forced pass)."""
+@dataclass(frozen=True)
+class Scores:
+    """Held-out scores at one evaluation: exact match in [0, 1], loss in nats per token."""
+
+    exact_match: float
+    eval_loss: float
+
+
+@torch.inference_mode()
+def evaluate(model: TinyDecoder, data: Encoded) -> Scores:
+    """Exact match and answer-token loss of the held-out set, from one teacher-forced pass.
+
+    Greedy decoding reproduces the answer exactly iff, at every answer position, the
+    argmax given the true prefix is the true token (while all earlier tokens match, the
+    decoded prefix *is* the true prefix). So exact match needs no token-by-token decoding:
+    :func:`greedy_exact_match` is the slow reference that gives the same number.
+    """
     model.train(False)  # evaluation mode
-    rows = torch.arange(len(data.lengths))
-    n_answer = (data.lengths - data.prompt_lengths).float()
-    total = sum(float(answer_loss(model, data, chunk)) * float(n_answer[chunk].sum())
-                for chunk in rows.split(EVAL_CHUNK))
+    hits, loss_sum = 0, 0.0
+    for rows in torch.arange(len(data.lengths)).split(EVAL_CHUNK):
+        logits, targets, mask = _teacher_forced(model, data, rows)
+        loss_sum += float(F.cross_entropy(logits[mask], targets[mask], reduction="sum"))
+        hits += int(((logits.argmax(-1) == targets) | ~mask).all(1).sum())
     model.train()
-    return total / float(n_answer.sum())
+    n_answer = int((data.lengths - data.prompt_lengths).sum())
+    return Scores(hits / len(data.lengths), loss_sum / n_answer)
 
 
 @torch.no_grad()
-def exact_match(model: TinyDecoder, data: Encoded) -> float:
-    """Greedy-decode every held-out prompt; share whose answer and ``<eos>`` match exactly."""
+def greedy_exact_match(model: TinyDecoder, data: Encoded) -> float:
+    """Greedy-decode every held-out prompt; share whose answer and ``<eos>`` match exactly
+    (token by token: the slow reference for :func:`evaluate`)."""
     model.train(False)  # evaluation mode
     n, answer_len = data.answers.shape
     width = int(data.prompt_lengths.max()) + answer_len

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .evalset import Encoded, answer_loss, eval_loss, exact_match
+from .evalset import Encoded, answer_loss, evaluate
 from .levers import LeverEvent
 
 GRAD_CLIP = 1.0
@@ -74,8 +74,9 @@ class Trace:
         """Record EM and eval loss of ``model`` now."""
         self.tokens.append(tokens)
         self.steps.append(self.optimizer_steps)
-        self.values.append(exact_match(model, data))
-        self.eval_losses.append(eval_loss(model, data))
+        scores = evaluate(model, data)
+        self.values.append(scores.exact_match)
+        self.eval_losses.append(scores.eval_loss)
         self.batch_sizes.append(batch_size)
         self.frozen.append(frozen)
         self.flops.append(self.backward_flops)
