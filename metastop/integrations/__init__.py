@@ -1,4 +1,5 @@
-"""Thin adapters that turn a metastop ``Decision`` into each framework's stop signal.
+"""Thin adapters that turn a metastop ``Decision`` into each framework's stop signal, and drive
+the levers of ``metastop.adapt`` from inside each training stack.
 
 Nothing here imports a training framework until you use its adapter:
 
@@ -6,6 +7,10 @@ Nothing here imports a training framework until you use its adapter:
 - ``metastop.integrations.lightning.MetaStopCallback``: Lightning callback.
 - ``metastop.integrations.optuna.MetaStopPruner``: Optuna pruner.
 - ``metastop.integrations.ray.MetaStopStopper``: Ray Tune stopper.
+- ``metastop.integrations.batchsize.hf_callback`` / ``lightning_callback``: let a
+  ``metastop.adapt.BatchSizeController`` set the gradient accumulation while a run trains.
+- ``metastop.integrations.freeze.hf_callback`` / ``lightning_callback``: let a
+  ``metastop.adapt.Freezer`` (or ``FreezeOutSchedule``) freeze blocks while a run trains.
 
 Example:
     >>> from metastop.integrations import MetaStopPruner  # doctest: +SKIP
