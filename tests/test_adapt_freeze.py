@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from metastop.adapt.flops import BackwardFlops, backward_flops, backward_flops_per_token
-from metastop.adapt.freeze import Check, Window, freezeout_times, plateau_check
+from metastop.adapt.freeze import freezeout_times
+from metastop.adapt.plateau import (
+    Check,
+    Collapse,
+    Window,
+    collapse_check,
+    plateau_check,
+)
 from metastop.errors import ParameterError
 
 torch = pytest.importorskip("torch")
@@ -73,6 +80,47 @@ def train(model, freezer, optimizer, steps: int, *, start: int = 0, total: int |
         progress = None if total is None else step / total
         frozen.append(freezer.after_step(step=step, tokens=64.0 * step, progress=progress))
     return frozen
+
+
+class Gated(nn.Module):
+    """Two hidden blocks; ``gate`` multiplies the first block's output (``where="first"``) or
+    the second's (``where="second"``): at 0 the blocks before it get no gradient at all."""
+
+    def __init__(self, where: str = "first"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second, self.out = nn.Linear(4, 16), nn.Linear(16, 16), nn.Linear(16, 1)
+        self.where = where
+        self.register_buffer("gate", torch.ones(()))
+
+    def forward(self, x):
+        hidden = torch.tanh(self.first(x) * (self.gate if self.where == "first" else 1.0))
+        hidden = torch.tanh(self.second(hidden) * (self.gate if self.where == "second" else 1.0))
+        return self.out(hidden)
+
+
+def stream(model: Gated, freezer, optimizer, steps: int, *,
+           gate_off: int | None = None) -> list[tuple[str, ...]]:
+    """Adam on fresh noisy minibatches (the gradients never settle to 0 by themselves); the
+    gate closes at step ``gate_off``."""
+    g = torch.Generator().manual_seed(1)
+    frozen = []
+    for step in range(1, steps + 1):
+        if step == gate_off:
+            model.gate.fill_(0.0)
+        x = torch.randn(16, 4, generator=g)
+        y = torch.sin(x.sum(1, keepdim=True)) + 0.3 * torch.randn(16, 1, generator=g)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        freezer.after_backward()
+        optimizer.step()
+        frozen.append(freezer.after_step(step=step, tokens=16.0 * step, progress=step / steps))
+    return frozen
+
+
+def collapse_freezer(model: Gated, optimizer, **options) -> Freezer:
+    return Freezer(blocks=[("first", model.first), ("second", model.second)], check_every=5,
+                   patience=2, min_progress=0.0, collapse=0.05, optimizer=optimizer, **options)
 
 
 # --- FLOP accounting -----------------------------------------------------------------------
@@ -177,6 +225,12 @@ def test_a_parameter_in_two_blocks_is_refused():
     ({"threshold": 0.0}, r"threshold must be finite and > 0, got threshold=0.0"),
     ({"patience": 1.5}, r"patience must be an integer >= 1, got patience=1.5"),
     ({"min_progress": 1.5}, r"min_progress must be in \[0.0, 1.0\], got min_progress=1.5"),
+    ({"collapse": 0}, r"collapse must be in \(0.0, 1.0\), got collapse=0.0"),
+    ({"collapse": 1.0}, r"collapse must be in \(0.0, 1.0\), got collapse=1.0"),
+    ({"collapse": -0.05}, r"collapse must be in \(0.0, 1.0\), got collapse=-0.05"),
+    ({"collapse": math.nan}, r"collapse must be finite, got collapse=nan"),
+    ({"collapse": "5%"}, r"collapse must be a number, got collapse='5%'"),
+    ({"collapse": True}, r"collapse must be a number, got collapse=True"),
     ({"optimizer": object()}, "optimizer must be a torch optimizer"),
     ({"log": object()}, "log must be a DecisionLog"),
 ])
@@ -191,6 +245,46 @@ def test_plateau_check_allows_for_the_noise_of_the_windows():
     assert plateau_check(Window(2.0, 0.0), Window(1.9, 0.0), 0.1) == Check(0.05, 0.1)
     assert not plateau_check(Window(1.0, 0.0), Window(1.2, 0.0), 0.05).plateau
     assert plateau_check(Window(1.0, 0.06), Window(1.2, 0.08), 0.05).plateau  # 20% < 5% + 20%
+
+
+def test_collapse_check_compares_with_the_peak_so_far():
+    assert collapse_check(None, 0.0, 0.05) is None  # no gradient yet: nothing to compare
+    assert collapse_check(None, 2.0, 0.05) == Collapse(1.0, 0.05)  # this window is the peak
+    assert collapse_check(4.0, 0.2, 0.05).collapsed  # 5% of the peak: the bound is inclusive
+    assert not collapse_check(4.0, 0.3, 0.05).collapsed
+    assert collapse_check(4.0, 5.0, 0.05) == Collapse(1.0, 0.05)  # a new peak
+
+
+def test_collapse_freezes_a_block_whose_gradients_vanish_and_keeps_one_still_learning(tmp_path):
+    model, path = Gated("first"), tmp_path / "log.jsonl"
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    freezer = collapse_freezer(model, optimizer, log=DecisionLog(path, LogContext(run_id="c")))
+    frozen = stream(model, freezer, optimizer, 150, gate_off=40)
+    # windows 41-45 and 46-50 have no gradient in "first": two collapsed checks, then frozen
+    assert [(i, names) for i, names in enumerate(frozen, 1) if names] == [(50, ("first",))]
+    (event,) = read_logs(path).events
+    assert event.message == "block 'first': grad norm 0.0% of its peak <= 5% for 2 checks"
+    assert event.step == 50 and event.change["frozen"] == ["first"]
+    # "second" still learns from noisy batches: its norm stays well above 5% of its peak
+    assert freezer.frozen == ("first",) and model.second.weight.requires_grad
+    assert freezer.state_dict()["drops"]["second"][0] > 0.1
+
+
+def test_collapse_freezes_every_collapsed_block_at_the_front_at_once():
+    model = Gated("second")  # a closed gate after "second": neither block gets a gradient
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    frozen = stream(model, collapse_freezer(model, optimizer), optimizer, 60, gate_off=40)
+    assert [(i, names) for i, names in enumerate(frozen, 1) if names] == [
+        (50, ("first", "second"))]
+
+
+def test_collapse_leaves_blocks_with_large_gradients_alone():
+    model = Gated("first")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    freezer = collapse_freezer(model, optimizer)
+    assert not any(stream(model, freezer, optimizer, 150)) and freezer.frozen == ()
+    shares = {name: share for name, (share, bound) in freezer.state_dict()["drops"].items()}
+    assert shares.keys() == {"first", "second"} and min(shares.values()) > 0.3
 
 
 def test_training_freezes_front_to_back_logs_why_and_frozen_blocks_stop(tmp_path):
@@ -257,14 +351,18 @@ def test_a_non_finite_gradient_skips_that_check_with_a_warning(caplog):
     assert freezer.state_dict()["previous"].keys() == {"0", "2"}  # the second window counted
 
 
-def test_state_round_trips_through_json_and_reapplies_frozen_blocks():
+@pytest.mark.parametrize("collapse", [None, 0.5])
+def test_state_round_trips_through_json_and_reapplies_frozen_blocks(collapse):
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    freezer = Freezer(model, check_every=5, threshold=0.2, patience=2, min_progress=0.3)
+    options = {"check_every": 5, "threshold": 0.2, "patience": 2, "min_progress": 0.3,
+               "collapse": collapse}
+    freezer = Freezer(model, **options)
     train(model, freezer, optimizer, 73, total=150)
     state = json.loads(json.dumps(freezer.state_dict()))
+    assert bool(state["peaks"]) == (collapse is not None)
     fresh = mlp()
-    again = Freezer(fresh, check_every=5, threshold=0.2, patience=2, min_progress=0.3)
+    again = Freezer(fresh, **options)
     again.load_state_dict(state)
     assert again.state_dict() == state and again.frozen == freezer.frozen
     for name, module in again.layout.blocks:
@@ -280,6 +378,9 @@ def test_state_round_trips_through_json_and_reapplies_frozen_blocks():
     ({"window": {"0": [1.0, 1.0, 0]}}, "state window must map"),
     ({"previous": {"9": [1.0, 0.1]}}, "state previous must map"),
     ({"steps": "many"}, "state steps must be an integer >= 0"),
+    ({"peaks": {"0": -1.0}}, "state peaks must map this model's blocks"),
+    ({"lows": {"2": 1.5}}, "state lows must map"),
+    ({"drops": {"0": [0.1]}}, "state drops must map"),
 ])
 def test_bad_state_is_refused_before_anything_changes(change, match):
     model = mlp()

@@ -26,7 +26,8 @@ def test_bench_freeze_smoke_run_writes_the_report(tmp_path):
     assert json.loads(done.stdout) == report
     assert {"command", "date", "config", "tasks", "seeds", "policies", "same_budget", "summary",
             "target", "runs", "wall_s"} <= report.keys()
-    assert report["policies"] == ["none", "freezeout", "adaptive"] and report["same_budget"]
+    assert report["policies"] == ["none", "freezeout", "adaptive", "collapse"]
+    assert report["same_budget"] and report["reused"] == 0
     runs = report["runs"]
     assert [r["policy"] for r in runs] == report["policies"]
     assert len({(r["budget"], r["tokens"]) for r in runs}) == 1  # the same token budget
@@ -38,6 +39,30 @@ def test_bench_freeze_smoke_run_writes_the_report(tmp_path):
             "em_loss_pt_ci"} <= row.keys()
     assert report["summary"]["reversal:3"]["none"]["em_loss_pt_mean"] == 0.0
     assert set(report["target"]) == {"saved_min", "em_loss_max_pt", "met", "beats_freezeout"}
+    assert report["target_policy"] == "collapse"
+    assert report["target_by_policy"].keys() == {"adaptive", "collapse"}
+    assert report["tuning"]["seed"] == 5 and report["first_seed"] == 0
+
+
+def test_bench_freeze_reuses_the_runs_of_an_earlier_report(tmp_path):
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    common = ["scripts/bench_freeze.py", "--tasks", "reversal:3", "--seeds", "1", "--steps", "12",
+              "--boot", "50", "--first-seed", "7"]
+    for out, extra in ((first, []), (again, ["--reuse", str(first)])):
+        done = subprocess.run([sys.executable, *common, "--out", str(out), *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    old, new = json.loads(first.read_text()), json.loads(again.read_text())
+    assert new["reused"] == 4 and {r["seed"] for r in new["runs"]} == {7}
+    assert [{k: v for k, v in r.items() if k != "reused"} for r in new["runs"]] == old["runs"]
+    assert new["summary"] == old["summary"]
+
+
+def test_bench_freeze_refuses_a_missing_reuse_report(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/bench_freeze.py", "--reuse",
+                           str(tmp_path / "nope.json")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--reuse must be an existing report" in done.stderr
 
 
 def test_bench_freeze_help_has_an_example():

@@ -5,7 +5,7 @@ Freezing Model Blocks to Accelerate Fine-tuning"): it reads each block's gradien
 every backward pass, averages it over windows of ``check_every`` optimizer steps, and calls a
 block finished when the relative change of that mean between two windows stays small for
 ``patience`` checks in a row. Blocks freeze front to back only (a block once all blocks in
-front of it are frozen; at most one per check), never the head, and not before
+front of it are frozen; by the plateau one per check), never the head, and not before
 ``min_progress`` of the run. ``FreezeOutSchedule`` is the fixed-schedule baseline (Brock et al.
 2017, "FreezeOut: Accelerate Training by Progressively Freezing Layers").
 
@@ -14,7 +14,8 @@ Two departures from AutoFreeze, both from tiny transformers trained from scratch
 the blocks) at the same step: once a task is learned all gradients shrink with the loss, by half
 or more per window, and a raw norm never looks flat; (2) "small" is below ``threshold`` plus two
 standard errors of the change, as noise alone moves a 20-step mean by 5-20%. (AutoFreeze ranks
-layers by a percentile of their change instead.)
+layers by a percentile of their change instead.) With ``collapse``, a block is finished once its
+raw norm falls to that share of its own peak: a task that learns in stages looks flat between.
 
 Freezing sets ``requires_grad=False`` on the block's parameters, clears their gradients and
 drops their optimizer state (memory back; an optimizer skips parameters without a gradient).
@@ -37,12 +38,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .._checks import in_range, positive
 from ..errors import ParameterError
 from .flops import BackwardFlops, backward_flops, block_parameters, find_blocks
+from .plateau import (
+    Check,
+    Collapse,
+    Window,
+    add_to_window,
+    collapse_check,
+    plateau_check,
+    window_stats,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -187,44 +196,6 @@ class _PrefixFreezer:
                              step=step, message=message, change=change)
 
 
-@dataclass(frozen=True)
-class Window:
-    """A block's gradient statistic over one window: its mean and that mean's standard error."""
-
-    mean: float
-    error: float
-
-
-@dataclass(frozen=True)
-class Check:
-    """One plateau check of a block: the relative change of its mean between two windows and
-    the bound it is held to (``threshold`` plus two standard errors of the change)."""
-
-    rate: float
-    bound: float
-
-    @property
-    def plateau(self) -> bool:
-        """Whether the change is below the bound."""
-        return self.rate < self.bound
-
-
-def plateau_check(previous: Window | None, current: Window, threshold: float) -> Check | None:
-    """Compare two windows of a block: ``rate = |current - previous| / previous``, bound
-    ``threshold + 2 sqrt(se_prev^2 + se_cur^2) / previous`` (a change the window noise
-    explains is no change); ``None`` without a previous window or when its mean was 0.
-
-    Example:
-        >>> plateau_check(Window(2.0, 0.0), Window(1.9, 0.0), 0.1)
-        Check(rate=0.05, bound=0.1)
-    """
-    if previous is None or not previous.mean > 0:
-        return None
-    noise = 2.0 * math.hypot(previous.error, current.error) / previous.mean
-    return Check(round(abs(current.mean - previous.mean) / previous.mean, 12),
-                 round(threshold + noise, 12))
-
-
 class Freezer(_PrefixFreezer):
     """Freezes blocks whose gradient-norm change has plateaued (after AutoFreeze, Liu et al. 2021).
 
@@ -237,6 +208,12 @@ class Freezer(_PrefixFreezer):
     given). At most one block freezes per check, so the prefix grows one window at a time. A
     block that gets no gradient in a window keeps its count.
 
+    With ``collapse`` set, the plateau is not asked: a block freezes once its raw gradient norm
+    (the window mean, not relative to the head) has been at most ``collapse`` times its own
+    peak window mean so far for ``patience`` checks in a row (``collapse_check``), and all
+    collapsed blocks at the front freeze at once. A learned block's gradient collapses to a
+    few percent of its peak; one still learning, even on a flat stretch of the metric, does not.
+
     Args:
         model: the model; its blocks are found by ``find_blocks``.
         blocks: the blocks, ``[(name, module), ...]`` front to back, instead of finding them.
@@ -244,6 +221,8 @@ class Freezer(_PrefixFreezer):
         threshold: a relative change below this (plus the noise) is a plateau (> 0).
         patience: plateau checks in a row before a block freezes (>= 1).
         min_progress: share of the run before which nothing freezes, in [0, 1].
+        collapse: freeze on the collapse of the raw gradient norm to this share of its peak,
+            in (0, 1), instead of on a plateau; ``None``: the plateau rule.
         optimizer: the optimizer whose state a frozen block's parameters leave (the
             framework callbacks set the trainer's when ``None``).
         log: a ``DecisionLog`` that gets every change as a ``freeze`` event.
@@ -252,15 +231,19 @@ class Freezer(_PrefixFreezer):
         >>> freezer = Freezer(model, check_every=20, threshold=0.05, patience=2)  # doctest: +SKIP
         >>> freezer.blocks  # doctest: +SKIP
         ('embed', 'position', 'blocks.0', 'blocks.1')
+        >>> Freezer(model, collapse=0.05)  # freeze at 5% of the peak norm  # doctest: +SKIP
     """
 
     def __init__(self, model: Any = None, *, blocks: Sequence[tuple[str, Any]] | None = None,
                  check_every: int = 20, threshold: float = 0.05, patience: int = 2,
-                 min_progress: float = 0.25, optimizer: Any = None, log: Any = None):
+                 min_progress: float = 0.25, collapse: float | None = None,
+                 optimizer: Any = None, log: Any = None):
         self.check_every = _count("check_every", check_every)
         self.threshold = positive("threshold", threshold)
         self.patience = _count("patience", patience)
         self.min_progress = in_range("min_progress", min_progress, 0.0, 1.0)
+        self.collapse = (None if collapse is None
+                         else in_range("collapse", collapse, 0.0, 1.0, open_ends=True))
         super().__init__(model, blocks, optimizer, log)
         self._steps = 0
         self._window: dict[str, list[float]] = {}  # name -> [sum, sum of squares, steps]
@@ -268,28 +251,32 @@ class Freezer(_PrefixFreezer):
         self._previous: dict[str, Window] = {}
         self._checks: dict[str, Check] = {}
         self._streaks: dict[str, int] = {}
+        self._raw: dict[str, list[float]] = {}  # with collapse: the window of raw norms
+        self._peaks: dict[str, float] = {}  # name -> its peak raw window mean
+        self._drops: dict[str, Collapse] = {}
+        self._lows: dict[str, int] = {}  # name -> collapsed checks in a row
 
     def after_backward(self) -> None:
-        """Add each unfrozen block's gradient norm, relative to the head's, to the window (a
-        non-finite norm: this window's check is skipped)."""
+        """Add each unfrozen block's gradient norm, relative to the head's (and raw, with
+        ``collapse``), to the window (a non-finite norm: this window's check is skipped)."""
         norms = self._grad_norms()
         head = norms.pop(None, None)
-        for name, value in norms.items():
-            value = value / head if head is not None and head > 0 else value
+        for name, raw in norms.items():
+            value = raw / head if head is not None and head > 0 else raw
             if not math.isfinite(value):
                 self._bad = self._bad or f"block {name!r} had a non-finite gradient norm ({value})"
                 continue
-            window = self._window.setdefault(name, [0.0, 0.0, 0])
-            window[0] += value
-            window[1] += value * value
-            window[2] += 1
+            add_to_window(self._window, name, value)
+            if self.collapse is not None:
+                add_to_window(self._raw, name, raw)
 
     def after_step(self, *, step: int, tokens: float,
                    progress: float | None = None) -> tuple[str, ...]:
         """Count an optimizer step; at the end of a window, check and maybe freeze the next block.
 
         Returns:
-            The block frozen now, if any (at most one per check).
+            The blocks frozen now: at most one per check, or with ``collapse`` every collapsed
+            block at the front.
         """
         self._steps += 1
         if self._steps % self.check_every:
@@ -298,47 +285,71 @@ class Freezer(_PrefixFreezer):
             return ()
         if progress is not None and not progress >= self.min_progress:  # NaN: not yet
             return ()
-        name = self.blocks[self._count] if self._count < len(self.blocks) else None
-        if name is None or self._streaks.get(name, 0) < self.patience:
-            return ()
-        check = self._checks[name]
-        noise = check.bound - self.threshold
-        reason = (f"grad-norm change {check.rate:.1%} < {100 * self.threshold:.3g}%"
-                  + (f" + noise {noise:.1%}" if noise > 0 else "")
-                  + f" for {self._streaks[name]} checks")
-        self.freeze(name, reason=reason, step=step, tokens=tokens)
-        return (name,)
+        newly: list[str] = []
+        while self._count < len(self.blocks) and (not newly or self.collapse is not None):
+            name = self.blocks[self._count]
+            reason = self._reason(name)
+            if reason is None:
+                break
+            self.freeze(name, reason=reason, step=step, tokens=tokens)
+            newly.append(name)
+        return tuple(newly)
 
     def unfreeze(self, name: str, *, reason: str, step: int | None = None,
                  tokens: float | None = None) -> None:
         super().unfreeze(name, reason=reason, step=step, tokens=tokens)
-        for table in (self._previous, self._streaks, self._checks):
+        for table in (self._previous, self._streaks, self._checks, self._peaks, self._drops,
+                      self._lows):
             table.pop(name, None)  # its statistics start afresh
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the prefix, the step count, the open window and each block's history."""
         return {**super().state_dict(), "steps": self._steps,
                 "window": {k: list(v) for k, v in self._window.items()}, "bad": self._bad,
-
                 "previous": {k: [v.mean, v.error] for k, v in self._previous.items()},
                 "checks": {k: [v.rate, v.bound] for k, v in self._checks.items()},
-                "streaks": dict(self._streaks)}
+                "streaks": dict(self._streaks),
+                "raw": {k: list(v) for k, v in self._raw.items()}, "peaks": dict(self._peaks),
+                "drops": {k: [v.share, v.bound] for k, v in self._drops.items()},
+                "lows": dict(self._lows)}
 
     # --- helpers ------------------------------------------------------------------------
+    def _reason(self, name: str) -> str | None:
+        """Why block ``name`` freezes now, or ``None`` while it does not."""
+        if self.collapse is not None:
+            if self._lows.get(name, 0) < self.patience:
+                return None
+            return (f"grad norm {self._drops[name].share:.1%} of its peak <= "
+                    f"{100 * self.collapse:.3g}% for {self._lows[name]} checks")
+        if self._streaks.get(name, 0) < self.patience:
+            return None
+        check = self._checks[name]
+        noise = check.bound - self.threshold
+        return (f"grad-norm change {check.rate:.1%} < {100 * self.threshold:.3g}%"
+                + (f" + noise {noise:.1%}" if noise > 0 else "")
+                + f" for {self._streaks[name]} checks")
+
     def _close_window(self, step: int) -> bool:
         """Update each block's streak from the window just ended; ``False`` if it is skipped."""
-        window, bad = self._window, self._bad
-        self._window, self._bad = {}, None
+        window, raw, bad = self._window, self._raw, self._bad
+        self._window, self._raw, self._bad = {}, {}, None
         if bad is not None:
             logger.warning("metastop: freeze check at step %s skipped: %s", step, bad)
             return False
         for name, sums in window.items():
-            current = _window_stats(*sums)
+            current = window_stats(*sums)
             check = plateau_check(self._previous.get(name), current, self.threshold)
             self._previous[name] = current
             if check is not None:
                 self._checks[name] = check
                 self._streaks[name] = self._streaks.get(name, 0) + 1 if check.plateau else 0
+        for name, sums in raw.items():
+            mean = window_stats(*sums).mean
+            drop = collapse_check(self._peaks.get(name), mean, self.collapse)
+            if drop is not None:
+                self._peaks[name] = max(self._peaks.get(name, 0.0), mean)
+                self._drops[name] = drop
+                self._lows[name] = self._lows.get(name, 0) + 1 if drop.collapsed else 0
         return True
 
     def _grad_norms(self) -> dict[str | None, float]:
@@ -366,7 +377,8 @@ class Freezer(_PrefixFreezer):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ParameterError(f"state steps must be an integer >= 0, got steps={steps!r}")
         for key, ok in (("window", _is_window), ("previous", _is_pair), ("checks", _is_pair),
-                        ("streaks", _is_streak)):
+                        ("streaks", _is_streak), ("raw", _is_window), ("peaks", _is_norm),
+                        ("drops", _is_pair), ("lows", _is_streak)):
             table = state.get(key, {})
             if not isinstance(table, Mapping) or not all(
                     k in self._modules and ok(v) for k, v in table.items()):
@@ -377,12 +389,15 @@ class Freezer(_PrefixFreezer):
 
     def _load_extra(self, state: Mapping[str, Any]) -> None:
         self._steps = state.get("steps", 0)
-        self._window = {k: [float(v[0]), float(v[1]), int(v[2])]
-                        for k, v in state.get("window", {}).items()}
+        self._window, self._raw = ({k: [float(v[0]), float(v[1]), int(v[2])] for k, v in
+                                    state.get(key, {}).items()} for key in ("window", "raw"))
         self._bad = state.get("bad")
         self._previous = {k: Window(*map(float, v)) for k, v in state.get("previous", {}).items()}
         self._checks = {k: Check(*map(float, v)) for k, v in state.get("checks", {}).items()}
         self._streaks = dict(state.get("streaks", {}))
+        self._peaks = {k: float(v) for k, v in state.get("peaks", {}).items()}
+        self._drops = {k: Collapse(*map(float, v)) for k, v in state.get("drops", {}).items()}
+        self._lows = dict(state.get("lows", {}))
 
 
 def freezeout_times(n_blocks: int, *, t0: float = 0.5, cubic: bool = False) -> tuple[float, ...]:
@@ -478,13 +493,6 @@ def _is_pair(value: Any) -> bool:
 def _is_window(value: Any) -> bool:
     return (isinstance(value, list) and len(value) == 3 and _is_norm(value[0])
             and _is_norm(value[1]) and _is_streak(value[2]) and value[2] > 0)
-
-
-def _window_stats(total: float, squares: float, steps: int) -> Window:
-    """Mean and standard error of ``steps`` values with this sum and sum of squares."""
-    mean = total / steps
-    variance = max(0.0, squares / steps - mean * mean) * steps / max(1, steps - 1)
-    return Window(mean, math.sqrt(variance / steps))
 
 
 __all__ = ["Check", "FreezeOutSchedule", "Freezer", "Window", "find_blocks", "freezeout_times",

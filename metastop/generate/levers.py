@@ -9,7 +9,8 @@ the loop treats fixed, scheduled and adaptive rules alike.
 Batch rules: ``fixed`` (``batch_size``), ``ramp`` (linear in training tokens from
 ``batch_size`` to ``max_batch_size``) and ``adaptive`` (``metastop.adapt.BatchSizeController``
 from the gradient noise scale). Freeze rules: ``none``, ``freezeout`` (Brock et al. 2017,
-``metastop.adapt.FreezeOutSchedule``) and ``adaptive`` (``metastop.adapt.Freezer``).
+``metastop.adapt.FreezeOutSchedule``), ``adaptive`` (``metastop.adapt.Freezer``) and
+``collapse`` (``Freezer(collapse=0.05)``: a block's raw gradient norm at 5% of its peak).
 
 Example:
     >>> rule = RampBatch(micro_batch=16, start=1, end=4, lr_scaling="sqrt")
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 BATCH_RULES = ("fixed", "ramp", "adaptive")
-FREEZE_RULES = ("none", "freezeout", "adaptive")
+FREEZE_RULES = ("none", "freezeout", "adaptive", "collapse")
 LR_SCALING = ("none", "linear", "sqrt")
 
 
@@ -167,4 +168,8 @@ def freeze_rule(config, model: torch.nn.Module, optimizer, *, log=None):
         from ..adapt import Freezer
 
         return Freezer(model, optimizer=optimizer, log=log)
+    if config.freeze_rule == "collapse":
+        from ..adapt import Freezer
+
+        return Freezer(model, collapse=0.05, optimizer=optimizer, log=log)
     return NoFreeze(model)

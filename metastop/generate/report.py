@@ -17,42 +17,66 @@ import numpy as np
 
 from ..curves import Curve, CurveSet, atomic_path
 from ..errors import ParameterError
-from .shapes import SHAPES, classify_shape, shape_counts
+from .shapes import LEARNED, SHAPES, classify_shape, shape_counts
 
 logger = logging.getLogger(__name__)
 
 
+EM_METRIC = "exact_match"
+LOSS_METRIC = "eval_loss"
+
+
+def exact_match_curves(curves: CurveSet) -> CurveSet:
+    """The EM curves of a corpus (those with metric ``exact_match`` or none): the shape rule
+    is written for them, not for the eval-loss curves beside them."""
+    return CurveSet([c for c in curves if c.metric in (None, EM_METRIC)])
+
+
+def learns(curve: Curve) -> bool:
+    """Whether a run learned: final EM at least 0.1 and above its first evaluation."""
+    return bool(curve.values[-1] >= LEARNED and curve.values[-1] > curve.values[0])
+
+
 def examples_by_shape(curves: CurveSet, *, per_shape: int) -> dict[str, list[Curve]]:
-    """Up to ``per_shape`` curves of each shape: those with the widest range (max - min)."""
+    """Up to ``per_shape`` EM curves of each shape: those with the widest range (max - min)."""
     if per_shape < 1:
         raise ParameterError(f"per_shape must be >= 1, got per_shape={per_shape!r}")
     grouped: dict[str, list[Curve]] = {shape: [] for shape in SHAPES}
-    for curve in sorted(curves, key=lambda c: (-float(np.ptp(c.values)), c.curve_id)):
+    for curve in sorted(exact_match_curves(curves),
+                        key=lambda c: (-float(np.ptp(c.values)), c.curve_id)):
         grouped[classify_shape(curve)].append(curve)
     return {shape: members[:per_shape] for shape, members in grouped.items()}
 
 
 def plot_shape_examples(curves: CurveSet, path: str | Path, *, per_shape: int = 4) -> Path:
-    """Save a figure with one panel per shape showing example curves (EM against budget share).
+    """Save a figure with one column per shape: example EM curves on top and, below, the
+    eval-loss curves of the same runs (where present), against the share of the budget.
 
     Uses matplotlib's object API (no pyplot), so no global backend is changed.
     """
     from matplotlib.figure import Figure
 
     picked = examples_by_shape(curves, per_shape=per_shape)
-    counts = shape_counts(curves)
-    figure = Figure(figsize=(3.2 * len(SHAPES), 3.0), layout="constrained")
-    axes = figure.subplots(1, len(SHAPES), sharey=True)
-    for ax, shape in zip(axes, SHAPES):
+    counts = shape_counts(exact_match_curves(curves))
+    losses = {c.run_id: c for c in curves if c.metric == LOSS_METRIC}
+    figure = Figure(figsize=(3.2 * len(SHAPES), 5.6), layout="constrained")
+    axes = figure.subplots(2, len(SHAPES), sharey="row")
+    for top, bottom, shape in zip(axes[0], axes[1], SHAPES):
         for curve in picked[shape]:
-            ax.plot(curve.tokens / curve.budget, curve.values, marker=".", markersize=3,
-                    linewidth=1, label=f"{curve.task} d{curve.meta.get('difficulty', '?')}")
-        ax.set_title(f"{shape} (n={counts[shape]})", fontsize=9)
-        ax.set_xlabel("tokens / budget")
-        ax.set_ylim(-0.03, 1.03)
+            line, = top.plot(curve.tokens / curve.budget, curve.values, marker=".",
+                             markersize=3, linewidth=1,
+                             label=f"{curve.task} d{curve.meta.get('difficulty', '?')}")
+            if curve.run_id in losses:
+                loss = losses[curve.run_id]
+                bottom.plot(loss.tokens / loss.budget, loss.values, color=line.get_color(),
+                            linewidth=1)
+        top.set_title(f"{shape} (n={counts[shape]})", fontsize=9)
+        top.set_ylim(-0.03, 1.03)
+        bottom.set_xlabel("tokens / budget")
         if picked[shape]:
-            ax.legend(fontsize=6, loc="best")
-    axes[0].set_ylabel("held-out exact match")
+            top.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel("held-out exact match")
+    axes[1][0].set_ylabel("held-out loss (answer tokens)")
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=90, format=path.suffix.lstrip(".") or "png")
@@ -66,8 +90,21 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def lever(curve: Curve) -> str:
+    """The lever setting of a run from its metadata: ``fixed``, ``ramp``, ``adaptive_batch``,
+    ``freezeout``, ``adaptive_freeze`` or ``collapse_freeze`` (a freeze rule names the run
+    when there is one)."""
+    freeze, batch = curve.meta.get("freeze_rule", "none"), curve.meta.get("batch_rule", "fixed")
+    if freeze != "none":
+        return {"freezeout": "freezeout", "collapse": "collapse_freeze"}.get(freeze,
+                                                                            "adaptive_freeze")
+    return "adaptive_batch" if batch == "adaptive" else str(batch)
+
+
 def summary_tables(curves: CurveSet) -> str:
-    """Markdown tables: shape counts overall and curves per task x shape."""
+    """Markdown tables of the EM curves: shape counts overall, curves per task x shape, and
+    the share of runs that learn (:func:`learns`) per task and per lever setting."""
+    curves = exact_match_curves(curves)
     counts = shape_counts(curves)
     total = max(1, len(curves))
     overall = _markdown_table(("shape", "curves", "share"),
@@ -76,28 +113,54 @@ def summary_tables(curves: CurveSet) -> str:
     tasks = sorted({c.task for c in curves})
     per_task = _markdown_table(("task", *SHAPES),
                                [(t, *(by_task.get((t, s), 0) for s in SHAPES)) for t in tasks])
-    return f"{overall}\n\nBy task:\n\n{per_task}"
+    learned = (_learn_table("task", [(c.task, learns(c)) for c in curves])
+               + "\n\n" + _learn_table("lever", [(lever(c), learns(c)) for c in curves]))
+    return f"{overall}\n\nBy task:\n\n{per_task}\n\nRuns that learn:\n\n{learned}"
+
+
+def _learn_table(name: str, pairs: list[tuple[str, bool]]) -> str:
+    runs, hits = Counter(k for k, _ in pairs), Counter(k for k, hit in pairs if hit)
+    rows = [(k, runs[k], f"{hits[k] / runs[k]:.0%}") for k in sorted(runs)]
+    rows.append(("all", len(pairs), f"{sum(hits.values()) / max(1, len(pairs)):.0%}"))
+    return _markdown_table((name, "runs", "learn"), rows)
 
 
 _SCHEMA_ROWS = (
-    ("`curve_id`", "`<run_id>/em`: one curve per run"),
-    ("`run_id`", "`<task>-d<difficulty>-<sha1 of the config>`"),
+    ("`curve_id`", "`<run_id>/em` and `<run_id>/eval_loss`: two curves per run"),
+    ("`run_id`", "`<task>-d<difficulty>-<sha1 of the config>`, the same on both curves"),
     ("`task`", "`addition`, `reversal`, `sorting`, `modular`, `copy`, `qa`"),
-    ("`metric`, `direction`", "`exact_match`, `maximize`"),
+    ("`metric`, `direction`", "`exact_match`, `maximize` (EM) or `eval_loss`, `minimize`"),
     ("`tokens`", "cumulative training input tokens at the evaluation, counted exactly "
                  "(`<bos>` + prompt + answer per example; padding excluded)"),
-    ("`value`", "exact match on a fixed held-out set (greedy decoding), in [0, 1]"),
-    ("`budget`", "the run's planned total input tokens (known up front from the seed)"),
-    ("`step`", "optimizer steps done at the evaluation"),
+    ("`value`", "EM: share of the held-out set answered exactly by greedy decoding, in "
+                "[0, 1]; eval loss: cross-entropy (nats per token) on the held-out answer "
+                "tokens and `<eos>`, teacher-forced"),
+    ("`budget`", "the run's total input tokens (`steps` x `batch_size` examples of its "
+                 "stream, known up front from the seed; every batch rule spends exactly it)"),
+    ("`step`", "per point: optimizer steps done at the evaluation"),
+    ("`current_batch_size`", "per point: examples per optimizer step in effect"),
+    ("`frozen_blocks`", "per point: frozen blocks (embeddings, then transformer blocks) in "
+                        "effect"),
+    ("`backward_flops`", "per point: cumulative backward FLOPs (4 x non-embedding parameters "
+                         "per token, less what frozen blocks skip)"),
     ("`difficulty`", "digits (addition), length (reversal, sorting, copy), modulus "
                      "(modular), people in the passage (qa)"),
     ("`d_model`, `n_layers`, `n_heads`", "transformer width, depth, heads"),
-    ("`lr`, `batch_size`, `weight_decay`", "AdamW peak learning rate, batch, decoupled "
-                                           "weight decay"),
+    ("`lr`, `batch_size`, `weight_decay`", "AdamW peak learning rate, (starting) batch, "
+                                           "decoupled weight decay"),
+    ("`batch_rule`, `micro_batch`, `max_batch_size`, `lr_scaling`",
+     "`fixed`, `ramp` (linear in tokens up to `max_batch_size`) or `adaptive` (gradient "
+     "noise scale, `metastop.adapt.BatchSizeController`); examples per forward pass (0: "
+     "`batch_size`); the LR rule for larger batches (`none`, `sqrt`, `linear`)"),
+    ("`freeze_rule`", "`none`, `freezeout` (Brock et al. 2017), `adaptive` "
+                      "(`metastop.adapt.Freezer`) or `collapse` (`Freezer(collapse=0.05)`)"),
     ("`schedule`, `warmup_frac`, `cooldown_frac`", "`cosine`, `linear`, `constant`, "
-                                                   "`constant_cooldown` (warmup, decay share)"),
+                                                   "`constant_cooldown`, by token progress "
+                                                   "(warmup, decay share)"),
     ("`train_size`, `eval_size`", "distinct training examples; held-out examples"),
-    ("`steps`, `n_evals`, `seed`", "planned steps, evaluations, seed (data, init, order)"),
+    ("`steps`, `n_evals`, `seed`", "steps at `batch_size` that set the budget, evaluations, "
+                                   "seed (data, init, order)"),
+    ("`optimizer_steps`", "optimizer steps the run took (fewer when the batch grew)"),
     ("`truncated`", "whether a time cap cut the run (false for every run here)"),
 )
 
@@ -105,29 +168,26 @@ _SCHEMA_ROWS = (
 def data_card(curves: CurveSet, *, command: str, wall_minutes: float, note: str = "") -> str:
     """The ``em_curves.parquet`` section of ``data/README.md`` (markdown; one template, so
     longer than a function should be)."""
-    lengths = [len(c) for c in curves]
+    em = exact_match_curves(curves)
+    lengths = [len(c) for c in em]
     schema = _markdown_table(("column", "meaning"), _SCHEMA_ROWS)
     per_curve = (f"{min(lengths)}" if min(lengths) == max(lengths)
                  else f"{min(lengths)} to {max(lengths)}")
-    return f"""## `em_curves.parquet`: exact match against tokens from tiny transformers
+    losses = len(curves) - len(em)
+    return f"""## `em_curves.parquet`: exact match and eval loss against tokens from tiny transformers
 
-**What.** {len(curves)} held-out exact-match (EM) curves, {sum(lengths):,} points
-({per_curve} per curve), from decoder-only transformers (1-3 layers,
-width 32-96) trained from scratch on CPU with PyTorch by `metastop.generate` on generated
-exact-answer tasks: multi-digit addition, string reversal, digit sorting, modular addition,
-copying a bracketed segment among distractors, and extractive QA over a passage of people
-(`ann 23 rome;bob 41 oslo;?age bob=` -> `41`). Loss on answer tokens only; EM by greedy
-decoding on a fixed held-out set (disjoint prompts) at 25 points evenly spaced in tokens.
-Made by this project; same license as the repository.
+**What.** {len(curves)} curves of {len(em)} training runs: per run, a held-out exact-match
+(EM) curve and a held-out loss curve ({losses} of them) at the same points ({per_curve}
+per curve, {sum(lengths):,} points each kind), from decoder-only transformers trained from
+scratch on CPU with PyTorch by `metastop.generate` on generated exact-answer tasks:
+multi-digit addition, string reversal, digit sorting, modular addition, copying a bracketed
+segment among distractors, and extractive QA over a passage of people
+(`ann 23 rome;bob 41 oslo;?age bob=` -> `41`). Loss on answer tokens only. Each point is
+measured on a fixed held-out set of 512 examples (disjoint prompts): EM by greedy decoding
+(computed exactly from one teacher-forced pass), loss on the same pass. Made by this
+project; same license as the repository.
 
-**How.** A random sweep over task x difficulty x width x depth x learning rate x batch size
-x training-set size (64-4096; small sets overfit) x weight decay x LR schedule x seed. Each
-run's step count comes from a CPU cost model so that runs take a few seconds; the result
-depends only on the config (same seed, same curve on CPU). Finished runs are cached one file
-per run in `data/.em_runs/` (not committed), so the command resumes. Sweep wall time:
-{wall_minutes:.0f} min on a shared 2-core machine with 2 workers. Command:
-
-    {command}
+**How.** {command}
 
 {note}
 
@@ -135,7 +195,7 @@ per run in `data/.em_runs/` (not committed), so the command resumes. Sweep wall 
 
 {schema}
 
-**Shapes.** `metastop.generate.shapes.classify_shape`, on the values `y` with
+**Shapes** (EM curves). `metastop.generate.shapes.classify_shape`, on the values `y` with
 `x = tokens / last tokens` and `range = max - min`, checked in this order:
 1. `never_learns`: `max < 0.1` or `range < 0.05`;
 2. `overfit_decline`: on the 3-point moving average `m`, `max(m) - m[-1] >= max(0.05,
@@ -146,7 +206,10 @@ per run in `data/.em_runs/` (not committed), so the command resumes. Sweep wall 
 4. `rising_at_end`: the last 20% of the tokens add `>= max(0.02, 0.1 * range)`;
 5. `saturating`: the rest (rises, then holds).
 
+A run *learns* when its final EM is at least 0.1 and above its first evaluation.
+
 {summary_tables(curves)}
 
-Example curves of each shape: `em_curve_shapes.png`.
+Example curves of each shape, with the eval loss of the same runs below:
+`em_curve_shapes.png`. Sweep wall time: {wall_minutes:.0f} min.
 """
