@@ -61,9 +61,10 @@ CORPORA = {
     # name: (corpus of default_corpora, keep(curve) or None, targets apply)
     "pythia": ("pythia_evals", lambda c: c.metric in ("acc", "acc_norm"), True),
     "lcdb": ("lcdb", None, True),
-    "em": ("em_curves", None, True),
+    "em": ("em_curves", lambda c: c.metric == "exact_match", True),  # not its eval-loss curves
     "nanogpt": ("nanogpt_speedrun", None, False),
 }
+SELECTIONS = {"pythia": "metric in (acc, acc_norm)", "em": "metric == exact_match"}
 TARGETS = {"em_loss_mean_max": 0.5 * POINT, "em_loss_p95_max": 2 * POINT,
            "share_of_oracle_gain_min": 0.9, "share_of_oracle_savings_min": 0.75}
 """The targets; losses in metric units (0.5 and 2 points), as in the backtest JSON."""
@@ -88,7 +89,7 @@ def held_out(name: str, limit: int | None, seed: int) -> tuple[list, dict[str, A
     return chosen, {"path": str(path), "n_curves_file": len(curves),
                     "n_curves_selected": len(selected), "n_held_out": len(test),
                     "n_used": len(chosen), "sampled": limit is not None and limit < len(test),
-                    "selection": "metric in (acc, acc_norm)" if keep is not None else "all",
+                    "selection": SELECTIONS.get(name, "all"),
                     "holdout_rule": RULE, "seed": seed}, curves
 
 

@@ -36,12 +36,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SELECTIONS = {"pythia": "metric == 'acc'", "em": "metric == 'exact_match'"}
 CORPORA: dict[str, tuple[str, Callable | None]] = {
     # name: (recipe corpus, keep(curve) or None)
     "lcdb": ("lcdb", None),
     "pythia": ("pythia_evals", lambda c: c.metric == "acc"),
     "nanogpt": ("nanogpt_speedrun", None),
-    "em": ("em_curves", None),
+    "em": ("em_curves", lambda c: c.metric == "exact_match"),  # not its eval-loss curves
     "pythia_arithmetic": ("pythia_arithmetic", None),
 }
 DEFAULT_CORPORA = ("lcdb", "pythia", "nanogpt", "em")
@@ -68,7 +69,7 @@ def held_out(name: str) -> tuple[list, dict[str, Any]]:
     test = split_holdout(selected)[1]
     return list(test), {"path": str(corpus.path), "n_curves_file": len(curves),
                         "n_held_out": len(test), "holdout_rule": RULE,
-                        "selection": "metric == 'acc'" if keep is not None else "all"}
+                        "selection": SELECTIONS.get(name, "all")}
 
 
 def pruners(predictor: Any, prices: tuple[float, ...],
