@@ -93,6 +93,20 @@ def test_trials_log_their_decisions_for_the_fleet_report(tmp_path):
     assert [r.run_id for r in report.runs if r.stopped] == ["trial-2"]
 
 
+def test_task_and_metric_reach_every_trial_s_curve_and_log(tmp_path):
+    from metastop.stop.controller import Reporting
+    from metastop.stop.decisionlog import read_logs
+
+    log = tmp_path / "sweep.jsonl"
+    pruner = MetaStopPruner(Patience(2), task="qa", metric="exact_match",
+                            reporting=Reporting(log_path=log))
+    run_study(pruner, n_trials=4)
+    finished = pruner._study.finished.values()
+    assert finished and {(c.task, c.metric) for c in finished} == {("qa", "exact_match")}
+    assert {c.task for c in pruner.controllers.values()} == {"qa"}
+    assert {run.task for run in read_logs(log).runs.values()} == {"qa"}
+
+
 def test_patient_policy_prunes_nothing_and_tokens_per_step_scales_the_curve():
     pruner = MetaStopPruner(Patience(50), budget=1000 * (STEPS - 1), tokens_per_step=1000)
     study, _ = run_study(pruner, n_trials=3)

@@ -97,6 +97,15 @@ def test_one_controller_per_trial_and_missing_keys_are_skipped():
     assert stopper("b", {"em": 0.05, "step": 3 - 1}) is True  # below the study's best: Patience decides
 
 
+def test_finished_trials_carry_the_task_and_metric_into_the_study():
+    stopper = MetaStopStopper(Patience(1), budget=2, metric="em", tokens="step", task="qa")
+    stopper("a", {"em": 0.5, "step": 1})
+    stopper("a", {"em": 0.6, "step": 2})  # its budget: a has finished
+    (finished,) = stopper.study.finished.values()
+    assert (finished.task, finished.metric) == ("qa", "em")
+    assert stopper.controllers["a"].task == "qa"
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ParameterError, match="direction must be one of"):
         MetaStopStopper(Patience(2), budget=10, direction="up")

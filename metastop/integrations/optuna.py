@@ -41,19 +41,24 @@ class MetaStopPruner(_optuna.pruners.BasePruner):
         tokens_per_step: tokens per reported step.
         n_startup_trials: completed trials needed before any pruning (as Optuna's pruners).
         n_warmup_steps: a trial is not pruned before this step (its values are still seen).
+        task, metric: what the trials report (e.g. ``"qa"``, ``"exact_match"``): the model
+            reads the metric's kind (accuracy-like, loss, perplexity) from its name, and the
+            decision log names both; ``None``: inferred from the values, unnamed in the log.
         reporting: decision log and shadow mode of every trial's controller (run id
             ``trial-N``), so ``metastop report`` covers sweeps.
     """
 
     def __init__(self, policy: Any = None, *, budget: float | str = "auto",
                  tokens_per_step: float = 1.0, n_startup_trials: int = 1,
-                 n_warmup_steps: int = 0, reporting: Reporting | None = None):
+                 n_warmup_steps: int = 0, task: str | None = None, metric: str | None = None,
+                 reporting: Reporting | None = None):
         self.budget = budget if budget == "auto" else positive("budget", budget)
         self.tokens_per_step = positive("tokens_per_step", tokens_per_step)
         if isinstance(n_warmup_steps, bool) or not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:
             raise ParameterError(f"n_warmup_steps cannot be negative, but got {n_warmup_steps=}.")
         self.n_warmup_steps = n_warmup_steps
         self.n_startup_trials = n_startup_trials
+        self.task, self.metric = task, metric
         self.policy = policy if policy is not None else default_policy()
         self.reporting = reporting
         self.controllers: dict[int, StopController] = {}
@@ -94,13 +99,13 @@ class MetaStopPruner(_optuna.pruners.BasePruner):
         points = sorted((s * self.tokens_per_step, v) for s, v in values.items() if v == v)
         tokens = [t for t, _ in points]
         return Curve(name, tokens, [v for _, v in points], direction=self._study.direction,
-                     run_id=name)
+                     run_id=name, task=self.task, metric=self.metric)
 
     def _controller(self, trial: Any, budget: float) -> StopController:
         if trial.number not in self.controllers:
             name = f"trial-{trial.number}"
             self.controllers[trial.number] = StopController(
                 StudyAware(self.policy, self._study), budget=budget,
-                direction=self._study.direction, run_id=name, curve_id=name,
-                reporting=self.reporting)
+                direction=self._study.direction, run_id=name, curve_id=name, task=self.task,
+                metric=self.metric, reporting=self.reporting)
         return self.controllers[trial.number]

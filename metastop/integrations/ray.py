@@ -40,17 +40,20 @@ class MetaStopStopper(_tune.Stopper):
         tokens: key of the result dict holding cumulative tokens (e.g. ``training_iteration``).
         direction: ``maximize`` or ``minimize``.
         n_startup_trials: finished trials needed before any trial is stopped.
+        task: what the trials are scored on (named in the decision log and the curves);
+            the curves carry ``metric`` as their metric name, from which the model reads
+            the metric's kind (accuracy-like, loss, perplexity).
         reporting: decision log and shadow mode of every trial's controller.
     """
 
     def __init__(self, policy: Any = None, *, budget: float, metric: str = "exact_match",
                  tokens: str = "tokens", direction: str = "maximize", n_startup_trials: int = 1,
-                 reporting: Reporting | None = None):
+                 task: str | None = None, reporting: Reporting | None = None):
         self.policy = policy if policy is not None else default_policy()  # loaded once
         self.budget = positive("budget", budget)
         if direction not in DIRECTIONS:
             raise ParameterError(f"direction must be one of {DIRECTIONS}, got {direction=}")
-        self.metric, self.tokens, self.direction = metric, tokens, direction
+        self.metric, self.tokens, self.direction, self.task = metric, tokens, direction, task
         self.study = Study(direction=direction, n_startup=n_startup_trials)
         self.reporting = reporting
         self.controllers: dict[str, Any] = {}
@@ -76,8 +79,8 @@ class MetaStopStopper(_tune.Stopper):
         if trial_id not in self.controllers:
             self.controllers[trial_id] = StopController(
                 StudyAware(self.policy, self.study), budget=self.budget,
-                direction=self.direction, run_id=trial_id, curve_id=trial_id,
-                reporting=self.reporting)
+                direction=self.direction, run_id=trial_id, curve_id=trial_id, task=self.task,
+                metric=self.metric, reporting=self.reporting)
         return self.controllers[trial_id]
 
     def _finish(self, trial_id: str) -> None:
