@@ -39,6 +39,8 @@ bench: $(STAMP_DEV)
 	$(BIN)/python scripts/bench_stopping.py
 	$(BIN)/python scripts/bench_sweeps.py
 	$(BIN)/python scripts/bench_multitask.py
+	$(BIN)/python scripts/bench_batchsize.py --n-jobs 2
+	$(BIN)/python scripts/bench_freeze.py --jobs 2
 
 clean-venv:
 	rm -rf $(VENV)
