@@ -20,10 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from ..adapt.batchsize import lr_factor as scaled_lr
 
 BATCH_RULES = ("fixed", "ramp", "adaptive")
 FREEZE_RULES = ("none", "freezeout", "adaptive", "collapse")
@@ -45,15 +46,6 @@ class LeverEvent:
     step: int
     tokens: int
     message: str
-
-
-def lr_scale(batch_size: int, base: int, rule: str) -> float:
-    """The learning-rate multiplier for ``batch_size`` relative to ``base`` under ``rule``."""
-    if rule == "linear":
-        return batch_size / base
-    if rule == "sqrt":
-        return math.sqrt(batch_size / base)
-    return 1.0
 
 
 class FixedBatch:
@@ -86,7 +78,7 @@ class RampBatch(FixedBatch):
         """Micro-batches in the next step, at ``progress`` (share of the token budget done)."""
         accumulation = round(self.start + (self.end - self.start) * min(1.0, progress))
         self.accumulation = max(1, accumulation)
-        self.lr_factor = lr_scale(self.accumulation, self.start, self.lr_scaling)
+        self.lr_factor = scaled_lr(self.accumulation, self.start, self.lr_scaling)
         return self.accumulation
 
 

@@ -155,3 +155,29 @@ def task_values(metrics: Mapping[str, Any], names: Sequence[str], *, prefix: str
             value = as_float(metrics[key])
             values[name] = value / 100.0 if value > 1.0 and is_bounded_metric(name) else value
     return values
+
+
+def first_tensor(batch: Any, wanted: Any = None) -> Any:
+    """The first tensor (breadth first through mappings, lists and tuples) of a batch for which
+    ``wanted(tensor)`` holds (any tensor with ``wanted=None``); ``None`` if there is none."""
+    queue = [batch]
+    while queue:
+        item = queue.pop(0)
+        if isinstance(item, Mapping):
+            queue.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            queue.extend(item)
+        elif getattr(item, "ndim", 0) >= 1 and (wanted is None or wanted(item)):
+            return item
+    return None
+
+
+def token_ids(batch: Any) -> int | None:
+    """Tokens in a batch: the size of its first integer tensor of shape (batch, length, ...)."""
+    found = first_tensor(batch, lambda t: t.ndim >= 2 and _is_integer(getattr(t, "dtype", None)))
+    return None if found is None else int(found.numel())
+
+
+def _is_integer(dtype: Any) -> bool:
+    return (dtype is not None and not getattr(dtype, "is_floating_point", True)
+            and not getattr(dtype, "is_complex", True) and str(dtype) != "torch.bool")

@@ -52,7 +52,7 @@ from typing import Any, Callable
 from .._checks import positive
 from ..adapt.batchsize import BatchSizeController, lr_factor
 from ..errors import ParameterError
-from ._common import require
+from ._common import require, token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,6 @@ def _check_lightning(trainer: Any, pl_module: Any) -> None:
 @functools.cache
 def _lightning_class() -> type:
     pl = require("lightning.pytorch", "lightning")
-    from .lightning import _token_ids
 
     class BatchSizeCallback(pl.Callback):
         """Drives a ``BatchSizeController`` inside a Lightning ``Trainer``; its state (the
@@ -422,7 +421,7 @@ def _lightning_class() -> type:
             self.driver.backward_done(pl_module)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            tokens = _token_ids(batch)
+            tokens = token_ids(batch)
             self._counted = None if tokens is None or self._counted is None else (
                 self._counted + tokens * trainer.world_size)
             if trainer.global_step > self._steps:

@@ -37,7 +37,7 @@ from typing import Any
 
 from .._checks import positive
 from ..errors import ParameterError
-from ._common import require
+from ._common import first_tensor, require, token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -142,17 +142,7 @@ def batch_tokens(batch: Any) -> int | None:
             if getattr(batch.get(key), "ndim", 0) >= 1:
                 value = batch[key]
                 return int(value.sum()) if key == "attention_mask" else int(value.numel())
-    queue = [batch]
-    while queue:
-        item = queue.pop(0)
-        if isinstance(item, Mapping):
-            queue.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            queue.extend(item)
-        elif getattr(item, "ndim", 0) >= 2 and str(getattr(item, "dtype", "")).startswith(
-                ("torch.int", "torch.long", "torch.uint")):
-            return int(item.numel())
-    return None
+    return token_ids(batch)
 
 
 class _HFHooks:
@@ -262,16 +252,8 @@ class _LightningHooks:
 
 def batch_size(batch: Any) -> int | None:
     """Examples in a batch: the first dimension of its first tensor."""
-    queue = [batch]
-    while queue:
-        item = queue.pop(0)
-        if isinstance(item, Mapping):
-            queue.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            queue.extend(item)
-        elif getattr(item, "ndim", 0) >= 1:
-            return int(item.shape[0])
-    return None
+    found = first_tensor(batch)
+    return None if found is None else int(found.shape[0])
 
 
 @functools.cache

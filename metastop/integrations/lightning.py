@@ -25,7 +25,7 @@ from ..curves import MAXIMIZE, MINIMIZE
 from ..errors import ParameterError
 from ..stop.controller import Reporting
 from ._common import (LazyController, as_float, check_direction, missing_metric,
-                      observe_monitored, require)
+                      observe_monitored, require, token_ids)
 from ._metric import MODES, Monitored
 from ._report import announce_stop, decision_metrics, decision_text, log_to_mlflow
 
@@ -101,7 +101,7 @@ class MetaStopCallback(_pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.tokens is not None or self.tokens_per_step is not None:
             return
-        counted = _token_ids(batch)
+        counted = token_ids(batch)
         if counted is None:
             self._uncounted = True
         else:
@@ -185,23 +185,3 @@ def _checkpoint_direction(trainer, name: str) -> tuple[str | None, str]:
 
 def _planned_steps(trainer) -> float:
     return float(trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches)
-
-
-def _token_ids(batch: Any) -> int | None:
-    """Tokens in a batch: the size of its first integer tensor of shape (batch, length, ...)."""
-    queue = [batch]
-    while queue:
-        item = queue.pop(0)
-        if isinstance(item, Mapping):
-            queue.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            queue.extend(item)
-        elif getattr(item, "ndim", 0) >= 2 and _is_integer(getattr(item, "dtype", None)):
-            return int(item.numel())
-    return None
-
-
-def _is_integer(dtype: Any) -> bool:
-    return (dtype is not None and not getattr(dtype, "is_floating_point", True)
-            and not getattr(dtype, "is_complex", True) and str(dtype) != "torch.bool")
-
