@@ -145,13 +145,11 @@ def batch_tokens(batch: Any) -> int | None:
     return token_ids(batch)
 
 
-class _HFHooks:
-    """The transformers hooks (mixed into a ``TrainerCallback`` by ``_hf_class``)."""
+class _Hooks:
+    """What both frameworks' hooks share: the driver and its FLOP counts."""
 
     def __init__(self, freezer: Any, *, tokens_per_example: float | None = None):
         self.driver = _Driver(freezer, tokens_per_example=tokens_per_example)
-        self._hook: Any = None
-        self._world_size = 1
 
     @property
     def backward_flops(self) -> float:
@@ -160,6 +158,15 @@ class _HFHooks:
     @property
     def backward_flops_saved(self) -> float:
         return self.driver.backward_flops_saved
+
+
+class _HFHooks(_Hooks):
+    """The transformers hooks (mixed into a ``TrainerCallback`` by ``_hf_class``)."""
+
+    def __init__(self, freezer: Any, *, tokens_per_example: float | None = None):
+        super().__init__(freezer, tokens_per_example=tokens_per_example)
+        self._hook: Any = None
+        self._world_size = 1
 
     def state(self) -> dict:
         """Plain data for ``trainer_state.json``: the freezer's state and the counts."""
@@ -205,20 +212,12 @@ class _HFHooks:
         self.driver.summary()
 
 
-class _LightningHooks:
+class _LightningHooks(_Hooks):
     """The Lightning hooks (mixed into a ``Callback`` by ``_lightning_class``)."""
 
     def __init__(self, freezer: Any, *, tokens_per_example: float | None = None):
-        self.driver = _Driver(freezer, tokens_per_example=tokens_per_example)
+        super().__init__(freezer, tokens_per_example=tokens_per_example)
         self._last_step = -1
-
-    @property
-    def backward_flops(self) -> float:
-        return self.driver.backward_flops
-
-    @property
-    def backward_flops_saved(self) -> float:
-        return self.driver.backward_flops_saved
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._last_step < 0:

@@ -262,6 +262,8 @@ def _estimate_tokens_per_step(args, dataloader: Any, model: Any) -> tuple[float,
     try:
         first = dataloader.dataset[0]
         length = len(first[key]) if isinstance(first, Mapping) else None
+    # An iterable dataset has no item 0: torch's ``Dataset.__getitem__`` raises
+    # NotImplementedError there, which here only means "no estimate from the first example".
     except (AttributeError, TypeError, KeyError, IndexError, NotImplementedError):
         return None
     if not length:
